@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-ingest bench-shards clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shardyard demo
+
+test: $(STAMP)
+	$(BIN)/ruff check flows shards tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check flows shards tests benchmarks
+	$(BIN)/ruff format --check flows shards tests benchmarks
+
+bench-ingest: $(STAMP)
+	$(BIN)/python benchmarks/bench_ingest.py
+
+bench-shards: $(STAMP)
+	$(BIN)/python benchmarks/bench_shards.py
+
+clean:
+	rm -rf $(VENV) .shardyard .pytest_cache

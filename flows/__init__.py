@@ -1,0 +1,1 @@
+"""shardyard's orchestration layer: settings, database access, ingestion, CLI and Prefect flows."""

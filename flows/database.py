@@ -1,0 +1,37 @@
+"""Connections to PostgreSQL: the configured server, or an embedded one from ``pgserver``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+
+from flows.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def embedded_database_url(home: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``home/pgdata`` and return its URL.
+
+    The server is left running (``cleanup_mode=None``) so later commands reuse it.
+    """
+    import pgserver
+
+    pgdata = (home / "pgdata").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def database_url(settings: Settings) -> str:
+    """The PostgreSQL URL the settings name, starting the embedded server when none is set."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded_database_url(settings.home)
+
+
+def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a psycopg connection to shardyard's database."""
+    return psycopg.connect(database_url(settings), autocommit=autocommit)

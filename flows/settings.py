@@ -1,0 +1,68 @@
+"""The one place that reads shardyard's environment variables.
+
+Everything else receives a :class:`Settings` object (or values taken from it); no other
+module calls ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["dev", "staging", "prod"]
+
+
+class Settings(BaseSettings):
+    """Typed settings from ``SHARDYARD_*`` and the standard AWS variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SHARDYARD_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under home.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Local path or s3://bucket/prefix for datasets and reports. "
+        "Unset: <home>/lake.",
+    )
+    env: Environment = Field(default="prod", description="SQLMesh environment and naming.")
+    home: Path = Field(
+        default=Path(".shardyard"),
+        description="Local state: the embedded PostgreSQL's data folder and the default lake.",
+    )
+
+    aws_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    )
+    aws_region: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The storage URL with the embedded default filled in."""
+        return self.storage_url or str(self.home / "lake")
+
+    def s3_options(self) -> dict[str, str | None]:
+        """Keyword arguments for :func:`shards.storage.open_storage` and boto3 clients."""
+        return {
+            "endpoint_url": self.aws_endpoint_url,
+            "region_name": self.aws_region,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+        }
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment now (no caching: tests change it freely)."""
+    return Settings()

@@ -1,0 +1,195 @@
+"""Object storage behind one small interface: a local folder or ``s3://bucket/prefix``.
+
+Only the plain S3 API is used (put/get/head/list/delete), so any S3 endpoint works: AWS,
+MinIO (``endpoint_url``), or a test server on 127.0.0.1. Keys are ``/``-separated and
+relative to the storage root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
+
+
+class Storage(Protocol):
+    """What shardyard needs from a place to keep files."""
+
+    url: str
+
+    def uri(self, key: str) -> str: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def size(self, key: str) -> int: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+def is_s3_url(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class LocalStorage:
+    """A folder on disk. Writes go to a temporary file first, then are renamed into place."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def uri(self, key: str) -> str:
+        return str(self.path(key))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def open(self, key: str) -> BinaryIO:
+        return self.path(key).open("rb")
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.path(prefix)
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        keys = [
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        ]
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self.path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+class S3Storage:
+    """A bucket and prefix on any S3 endpoint."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ):
+        import boto3
+        from botocore.config import Config
+
+        self.url = url.rstrip("/")
+        self.bucket, self.prefix = split_s3_url(self.url)
+        self.endpoint_url = endpoint_url
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region_name or "us-east-1",
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def key(self, key: str) -> str:
+        return _join(self.prefix, key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self.key(key))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+
+    def open(self, key: str) -> BinaryIO:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"]
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+
+    def size(self, key: str) -> int:
+        head = self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+        return int(head["ContentLength"])
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        full = self.key(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._iter_keys(prefix))
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [self.key(k) for k in self._iter_keys(prefix)]
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+
+
+def open_storage(url: str, **s3_options: str | None) -> Storage:
+    """A :class:`Storage` for a local path or an ``s3://`` URL (options go to boto3)."""
+    if is_s3_url(url):
+        return S3Storage(url, **s3_options)
+    return LocalStorage(url)
