@@ -1,0 +1,226 @@
+"""The data-contract gate: rules from the dataset spec, checked in SQL on a new batch.
+
+The batch is checked in its own (not yet attached, not yet committed) table, so a failing
+batch is never visible downstream. All column rules are evaluated in one pass over the
+batch; the unique-key rule needs its own grouping query. Failing rules come back with a few
+sample rows (record number, file line and value) for the report a person reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from flows.specs import Column, TableSpec
+
+SAMPLE_ROWS = 5
+
+# How each spec type is checked with PostgreSQL's own parser (pg_input_is_valid, PG 16+).
+PG_TYPES = {
+    "integer": "bigint",
+    "number": "double precision",
+    "timestamp": "timestamptz",
+    "date": "date",
+    "boolean": "boolean",
+}
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    column: str | None
+    failing: int
+    detail: str = ""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.failing == 0
+
+
+@dataclass
+class GateReport:
+    """What the gate found for one batch; serialisable as the JSON report."""
+
+    dataset: str
+    table: str
+    batch_id: str
+    source_uri: str
+    sha256: str
+    rows: int
+    rules: list[RuleResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rules)
+
+    @property
+    def failures(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        for rule in data["rules"]:
+            rule["passed"] = rule["failing"] == 0
+        return data
+
+    def summary(self) -> str:
+        """One line per failing rule, naming the file, rule, column, count and an example."""
+        lines = []
+        for failure in self.failures:
+            where = f" on column {failure.column!r}" if failure.column else ""
+            example = ""
+            if failure.samples:
+                first = failure.samples[0]
+                example = f" (first: line {first['line']}, value {first.get('value')!r})"
+            detail = f": {failure.detail}" if failure.detail else ""
+            lines.append(
+                f"{self.source_uri}: rule {failure.rule}{where} failed for "
+                f"{failure.failing} row(s){example}{detail}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Check:
+    rule: str
+    column: str
+    condition: sql.Composable  # true for a failing row
+    detail: str
+
+
+def _is_missing(column: sql.Identifier) -> sql.Composable:
+    return sql.SQL("({c} IS NULL OR {c} = ANY(%(nulls)s::text[]))").format(c=column)
+
+
+def _number(column: sql.Identifier) -> sql.Composable:
+    return sql.SQL(
+        "(CASE WHEN pg_input_is_valid({c}, 'double precision') THEN {c}::double precision END)"
+    ).format(c=column)
+
+
+def column_checks(name: str, rules: Column) -> list[Check]:
+    """The row-level checks one column's rules ask for."""
+    col = sql.Identifier(name)
+    present = sql.SQL("NOT {}").format(_is_missing(col))
+    checks = []
+    if rules.not_null:
+        checks.append(Check("not_null", name, _is_missing(col), "value is missing"))
+    if rules.type in PG_TYPES:
+        pg_type = PG_TYPES[rules.type]
+        checks.append(
+            Check(
+                "type",
+                name,
+                sql.SQL("{} AND NOT pg_input_is_valid({}, {})").format(
+                    present, col, sql.Literal(pg_type)
+                ),
+                f"value does not parse as {rules.type}",
+            )
+        )
+    if rules.min is not None:
+        checks.append(
+            Check(
+                "min",
+                name,
+                sql.SQL("{} AND {} < {}").format(present, _number(col), sql.Literal(rules.min)),
+                f"value below {rules.min:g}",
+            )
+        )
+    if rules.max is not None:
+        checks.append(
+            Check(
+                "max",
+                name,
+                sql.SQL("{} AND {} > {}").format(present, _number(col), sql.Literal(rules.max)),
+                f"value above {rules.max:g}",
+            )
+        )
+    if rules.accepted is not None:
+        checks.append(
+            Check(
+                "accepted_values",
+                name,
+                sql.SQL("{} AND {} <> ALL({})").format(present, col, sql.Literal(rules.accepted)),
+                f"value not in {rules.accepted}",
+            )
+        )
+    return checks
+
+
+def _samples(
+    conn: psycopg.Connection,
+    batch: sql.Identifier,
+    check: Check,
+    params: dict[str, Any],
+    first_data_line: int,
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sql.SQL("SELECT _record_no, {} FROM {} WHERE {} ORDER BY _record_no LIMIT {}").format(
+            sql.Identifier(check.column), batch, check.condition, sql.Literal(SAMPLE_ROWS)
+        ),
+        params,
+    ).fetchall()
+    return [
+        {"record": record, "line": record + first_data_line - 1, "value": value}
+        for record, value in rows
+    ]
+
+
+def _unique_key(
+    conn: psycopg.Connection, batch: sql.Identifier, key: list[str], first_data_line: int
+) -> RuleResult:
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    failing, samples = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(sum(n), 0)::bigint, "
+            "(array_agg(duplicate ORDER BY duplicate))[1:{}] "
+            "FROM (SELECT count(*) AS n, max(_record_no) AS duplicate FROM {} "
+            "GROUP BY {} HAVING count(*) > 1) AS duplicated"
+        ).format(sql.Literal(SAMPLE_ROWS), batch, columns)
+    ).fetchone()
+    return RuleResult(
+        "unique",
+        ",".join(key),
+        int(failing),
+        f"duplicate key ({', '.join(key)})",
+        [{"record": r, "line": r + first_data_line - 1} for r in (samples or [])],
+    )
+
+
+def evaluate(
+    conn: psycopg.Connection,
+    batch: sql.Identifier,
+    table: TableSpec,
+    *,
+    first_data_line: int,
+) -> tuple[int, list[RuleResult]]:
+    """Run every rule of the table's contract against the batch table."""
+    checks = [c for name, rules in table.columns.items() for c in column_checks(name, rules)]
+    params = {"nulls": table.null_markers}
+    counts = [sql.SQL("count(*)")] + [
+        sql.SQL("count(*) FILTER (WHERE {})").format(c.condition) for c in checks
+    ]
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts), batch), params
+    ).fetchone()
+    rows, failing = int(row[0]), [int(n) for n in row[1:]]
+    results = [
+        RuleResult(
+            "min_rows",
+            None,
+            0 if rows >= table.min_rows else 1,
+            f"{rows} row(s), at least {table.min_rows} required",
+        )
+    ]
+    for check, count in zip(checks, failing, strict=True):
+        result = RuleResult(check.rule, check.column, count, check.detail)
+        if count:
+            result.samples = _samples(conn, batch, check, params, first_data_line)
+        results.append(result)
+    results.extend(_unique_key(conn, batch, key, first_data_line) for key in table.unique)
+    return rows, results

@@ -1,0 +1,232 @@
+"""Ingestion: land file drops into ``raw.*`` behind the contract gate.
+
+``ingest_file`` is the whole story for one file: fetch and fingerprint it, skip it if this
+content already landed, stream it into a new batch table with COPY, run the contract gate,
+write the gate's JSON report, and attach the batch only if every rule passed. The batch is
+all or nothing: any failure rolls the transaction back. Every outcome is recorded in
+``meta.ingest_batches``. Prefect flows and the CLI call these functions; nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flows import landing
+from flows.contracts import GateReport, RuleResult, evaluate
+from flows.database import connect
+from flows.readers import FileRejected, open_copy_stream
+from flows.settings import Settings
+from flows.sources import SourceError, SourceFile, fetch_source
+from flows.specs import DatasetSpec, load_spec
+from shards.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+class ContractViolation(FileRejected):
+    """The contract gate rejected a batch; carries the report and where it was written."""
+
+    def __init__(self, report: GateReport, report_uri: str):
+        self.report, self.report_uri = report, report_uri
+        first = report.failures[0]
+        super().__init__(
+            report.source_uri,
+            f"contract gate rejected the batch for raw.{report.table}:\n{report.summary()}\n"
+            f"report: {report_uri}",
+            column=None,
+            rule=first.rule,
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What happened to one file drop."""
+
+    dataset: str
+    table: str
+    batch_id: str
+    source_uri: str
+    sha256: str
+    bytes: int
+    rows: int
+    status: str  # "loaded" or "skipped" (this content had landed before)
+    report_uri: str | None
+    duration_s: float
+
+
+def batch_id_for(dataset: str, table: str, sha256: str) -> str:
+    """Content address of a batch: the same bytes into the same table give the same id."""
+    return hashlib.sha256(f"{dataset}/{table}/{sha256}".encode()).hexdigest()[:20]
+
+
+def report_key(report: GateReport) -> str:
+    return f"reports/contracts/{report.dataset}/{report.table}/{report.batch_id}.json"
+
+
+def write_report(settings: Settings, report: GateReport) -> str:
+    storage = open_storage(settings.resolved_storage_url, **settings.s3_options())
+    key = report_key(report)
+    storage.put_bytes(key, json.dumps(report.to_dict(), indent=2, default=str).encode())
+    return storage.uri(key)
+
+
+def rejection_report(
+    spec: DatasetSpec, table: str, batch_id: str, source: SourceFile, error: FileRejected
+) -> GateReport:
+    """A report for a file that failed before the rules could run (format, header, bytes)."""
+    sample = [{"line": error.line}] if error.line is not None else []
+    return GateReport(
+        spec.name,
+        table,
+        batch_id,
+        source.uri,
+        source.sha256,
+        0,
+        [RuleResult(error.rule, error.column, 1, error.problem, sample)],
+    )
+
+
+def _stamp(spec: DatasetSpec, batch_id: str, source: SourceFile) -> landing.BatchStamp:
+    now = datetime.now(UTC)
+    governance = spec.governance
+    return landing.BatchStamp(
+        batch_id=batch_id,
+        ingested_at=now,
+        source_uri=source.uri,
+        data_category=governance.data_category,
+        consent=governance.consent,
+        region=governance.region,
+        retention_until=governance.retention_until(now.date()),
+        owner=governance.owner,
+    )
+
+
+def ingest_file(
+    settings: Settings,
+    dataset: str,
+    table: str,
+    uri: str,
+    *,
+    run_id: str | None = None,
+    spec: DatasetSpec | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Land one file drop as one immutable batch of ``raw.<table>``.
+
+    Raises :class:`FileRejected` (or :class:`ContractViolation`) for bad input, naming the
+    file, line, column and rule; :class:`SourceError` when the file cannot be found; the
+    database's own errors for connection trouble (those are the transient ones to retry).
+    """
+    spec = spec or load_spec(dataset)
+    table_spec = spec.table(table)
+    run_id = run_id or uuid.uuid4().hex
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    with fetch_source(uri, settings) as source, connect(settings) as conn:
+        batch_id = batch_id_for(spec.name, table, source.sha256)
+        landing.ensure_meta(conn)
+        landing.ensure_raw_table(conn, table, table_spec)
+        conn.commit()
+
+        def outcome(status: str, rows: int, report_uri: str | None = None) -> BatchResult:
+            return BatchResult(
+                spec.name,
+                table,
+                batch_id,
+                source.uri,
+                source.sha256,
+                source.size,
+                rows,
+                status,
+                report_uri,
+                time.monotonic() - started,
+            )
+
+        def record(status: str, rows: int | None, reason: str | None, report_uri: str | None):
+            landing.record_batch(
+                conn,
+                batch_id=batch_id,
+                dataset=spec.name,
+                table_name=table,
+                source_uri=source.uri,
+                sha256=source.sha256,
+                bytes=source.size,
+                rows=rows,
+                run_id=run_id,
+                status=status,
+                reason=reason,
+                report_uri=report_uri,
+                started_at=started_at,
+                finished_at=datetime.now(UTC),
+                duration_s=time.monotonic() - started,
+            )
+
+        landing.lock_table(conn, table)
+        existing = landing.loaded_batch(conn, table, source.sha256)
+        if existing:
+            conn.rollback()
+            log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
+            return outcome("skipped", 0)
+        try:
+            stream = open_copy_stream(source, table_spec)
+            part = landing.create_partition(conn, table, _stamp(spec, batch_id, source))
+            rows = landing.copy_batch(conn, part, stream, source.uri, progress)
+            rows, results = evaluate(conn, part, table_spec, first_data_line=stream.first_data_line)
+        except FileRejected as error:
+            conn.rollback()
+            report = rejection_report(spec, table, batch_id, source, error)
+            report_uri = write_report(settings, report)
+            record("rejected", None, str(error), report_uri)
+            conn.commit()
+            raise
+        report = GateReport(spec.name, table, batch_id, source.uri, source.sha256, rows, results)
+        report_uri = write_report(settings, report)
+        if not report.passed:
+            conn.rollback()
+            violation = ContractViolation(report, report_uri)
+            record("rejected", rows, str(violation), report_uri)
+            conn.commit()
+            raise violation
+        landing.finish_partition(conn, table, part, batch_id)
+        record("loaded", rows, None, report_uri)
+        conn.commit()
+    log.info("%s: landed %s rows in raw.%s as batch %s", source.uri, rows, table, batch_id)
+    return outcome("loaded", rows, report_uri)
+
+
+def ingest_dataset(
+    settings: Settings,
+    dataset: str,
+    *,
+    tables: list[str] | None = None,
+    run_id: str | None = None,
+) -> list[BatchResult]:
+    """Land the default source of every table of a dataset (or the chosen tables)."""
+    spec = load_spec(dataset)
+    chosen = tables or [name for name, t in spec.tables.items() if t.source]
+    results = []
+    for table in chosen:
+        source = spec.table(table).source
+        if source is None:
+            raise SourceError(f"table {table!r} of dataset {dataset!r} names no default source")
+        results.append(ingest_file(settings, dataset, table, source, run_id=run_id, spec=spec))
+    return results
+
+
+__all__ = [
+    "BatchResult",
+    "ContractViolation",
+    "FileRejected",
+    "SourceError",
+    "batch_id_for",
+    "ingest_dataset",
+    "ingest_file",
+]

