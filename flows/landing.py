@@ -187,13 +187,14 @@ def copy_batch(
     sent = 0
     started = time.monotonic()
     try:
-        with conn.cursor() as cur, cur.copy(statement) as copy:
-            for block in stream.blocks:
-                copy.write(block)
-                sent += len(block)
-                if progress:
-                    progress(sent)
-        rows = cur.rowcount
+        with conn.cursor() as cur:
+            with cur.copy(statement) as copy:
+                for block in stream.blocks:
+                    copy.write(block)
+                    sent += len(block)
+                    if progress:
+                        progress(sent)
+            rows = cur.rowcount
     except psycopg.errors.DataError as error:
         raise copy_error(file, error, stream.first_data_line) from None
     log.info("copied %s rows (%.1f MB) in %.2fs", rows, sent / 1e6, time.monotonic() - started)

