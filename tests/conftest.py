@@ -73,9 +73,7 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def settings(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
+def settings(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings for one test: its own database, a local lake under tmp_path."""
     monkeypatch.setenv("SHARDYARD_DATABASE_URL", database_url)
     monkeypatch.setenv("SHARDYARD_STORAGE_URL", str(tmp_path / "lake"))
