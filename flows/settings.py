@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         "Unset: <home>/lake.",
     )
     env: Environment = Field(default="prod", description="SQLMesh environment and naming.")
+    work_pool: str | None = Field(
+        default=None,
+        description="Prefect work pool whose deployments run each stage in its own flow run "
+        "(a pod on Kubernetes). Unset: the pipeline runs its stages in-process.",
+    )
     home: Path = Field(
         default=Path(".shardyard"),
         description="Local state: the embedded PostgreSQL's data folder and the default lake.",
