@@ -1,0 +1,214 @@
+"""Prefect flows: ``ingest``, ``transform``, ``shard`` and the parent ``pipeline``.
+
+Thin by design: each flow calls the plain stage functions in :mod:`flows.stages`. Tasks that
+touch the network retry transient faults with exponential backoff and jitter, and never bad
+data (:mod:`flows.retries`). With a work pool configured (``SHARDYARD_WORK_POOL``) the
+pipeline runs each stage as its own flow run of its own deployment, so that on Kubernetes
+every stage gets its own pod; without one it runs the stages in-process. Both paths end in
+the same stage functions.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.tasks import exponential_backoff
+
+from flows import stages
+from flows.ingestion import BatchResult, ContractViolation, ingest_file
+from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
+from flows.settings import Settings, load_settings
+
+TASK_TIMEOUT_S = {"ingest": 1800, "transform": 3600, "shard": 3600}
+
+# Kubernetes job variables per stage (names from k8s/base-job-template.json), overridable
+# with the pipeline's `job_variables` parameter.
+STAGE_JOB_VARIABLES: dict[str, dict[str, str]] = {
+    "ingest": {
+        "cpu_request": "500m",
+        "cpu_limit": "1",
+        "memory_request": "512Mi",
+        "memory_limit": "1Gi",
+    },
+    "transform": {
+        "cpu_request": "1",
+        "cpu_limit": "2",
+        "memory_request": "1Gi",
+        "memory_limit": "2Gi",
+    },
+    "shard": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
+}
+
+
+def _retried(stage: str, **options: Any) -> Any:
+    return task(
+        retries=RETRIES,
+        retry_delay_seconds=exponential_backoff(backoff_factor=BACKOFF_FACTOR_S),
+        retry_jitter_factor=JITTER,
+        retry_condition_fn=retry_transient,
+        timeout_seconds=TASK_TIMEOUT_S[stage],
+        **options,
+    )
+
+
+def _run_id() -> str:
+    return str(runtime.flow_run.id)
+
+
+def _parent_run_id() -> str | None:
+    parent = runtime.flow_run.root_flow_run_id
+    return str(parent) if parent and str(parent) != _run_id() else None
+
+
+def _publish_gate_artifact(result: BatchResult) -> None:
+    create_markdown_artifact(
+        key=f"contract-{result.table.replace('_', '-')}",
+        markdown=(
+            f"### Contract gate: raw.{result.table}\n\n"
+            f"- source: `{result.source_uri}`\n- batch: `{result.batch_id}` ({result.status})\n"
+            f"- rows: {result.rows:,}\n- report: `{result.report_uri}`\n"
+        ),
+        description=f"Contract gate passed for {result.source_uri}",
+    )
+
+
+@_retried("ingest", task_run_name="land-{table}")
+def land_file(
+    settings: Settings, dataset: str, table: str, uri: str, run_id: str | None = None
+) -> BatchResult:
+    """One file drop through the contract gate (retried on transient faults only)."""
+    try:
+        result = ingest_file(settings, dataset, table, uri, run_id=run_id)
+    except ContractViolation as violation:
+        create_table_artifact(
+            key=f"contract-{table.replace('_', '-')}-rejected",
+            table=[
+                {"rule": r.rule, "column": r.column, "failing": r.failing, "detail": r.detail}
+                for r in violation.report.failures
+            ],
+            description=str(violation),
+        )
+        raise
+    _publish_gate_artifact(result)
+    return result
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(dataset: str = "flights", files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Land the dataset's file drops (default: the spec's sources) into raw.* ."""
+    return stages.ingest_stage(
+        load_settings(),
+        dataset,
+        files,
+        run_id=_run_id(),
+        parent_run_id=_parent_run_id(),
+        land=land_file,
+    )
+
+
+@_retried("transform")
+def transform_task(
+    dataset: str, start: date | None, end: date | None, restate: bool, run_id: str
+) -> dict[str, Any]:
+    return stages.transform_stage(
+        load_settings(),
+        dataset,
+        start,
+        end,
+        restate=restate,
+        run_id=run_id,
+        parent_run_id=_parent_run_id(),
+    )
+
+
+@flow(name="transform", log_prints=True)
+def transform(
+    dataset: str = "flights",
+    start: date | None = None,
+    end: date | None = None,
+    restate: bool = False,
+) -> dict[str, Any]:
+    """SQLMesh plan/apply/run for the environment; a failed audit fails the flow."""
+    return transform_task(dataset, start, end, restate, _run_id())
+
+
+@_retried("shard")
+def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
+    return stages.shard_stage(
+        load_settings(), dataset, run_id=run_id, parent_run_id=_parent_run_id()
+    )
+
+
+@flow(name="shard", log_prints=True)
+def shard(dataset: str = "flights") -> dict[str, Any]:
+    """Split gold, write shards, publish the manifest last."""
+    summary = shard_task(dataset, _run_id())
+    create_markdown_artifact(
+        key=f"published-{dataset.replace('_', '-')}",
+        markdown=f"### Published {dataset}\n\n```\n{summary.get('published')}\n```\n",
+    )
+    return summary
+
+
+def _run_stage_deployment(
+    stage: str, dataset: str, parameters: dict[str, Any], job_variables: dict[str, Any]
+) -> str:
+    """Run one stage as its own flow run; raise unless it ended Completed."""
+    run = run_deployment(
+        f"{stage}/{dataset}",
+        parameters=parameters,
+        job_variables=job_variables,
+        timeout=None,
+        poll_interval=2,
+    )
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise RuntimeError(f"stage {stage!r}: flow run {run.id} ended {state}, not Completed")
+    return str(run.id)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    dataset: str = "flights",
+    start: date | None = None,
+    end: date | None = None,
+    restate: bool = False,
+    files: dict[str, str] | None = None,
+    stages_to_run: list[str] | None = None,
+    job_variables: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """ingest -> transform -> shard, each stage a flow run of its own.
+
+    A date range (``start``/``end``) reprocesses exactly that range in transform (restating
+    it when ``restate``), which makes backfills idempotent.
+    """
+    logger = get_run_logger()
+    settings = load_settings()
+    chosen = stages_to_run or list(stages.STAGES)
+    unknown = sorted(set(chosen) - set(stages.STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(stages.STAGES)}")
+    parameters = {
+        "ingest": {"dataset": dataset, "files": files},
+        "transform": {"dataset": dataset, "start": start, "end": end, "restate": restate},
+        "shard": {"dataset": dataset},
+    }
+    runs: dict[str, Any] = {}
+    for stage in [s for s in stages.STAGES if s in chosen]:
+        if settings.work_pool:
+            variables = {**STAGE_JOB_VARIABLES[stage], **(job_variables or {}).get(stage, {})}
+            logger.info(
+                "stage %s: deployment %s/%s on pool %s", stage, stage, dataset, settings.work_pool
+            )
+            runs[stage] = _run_stage_deployment(stage, dataset, parameters[stage], variables)
+        else:
+            logger.info("stage %s: in-process", stage)
+            runs[stage] = STAGE_FLOWS[stage](**parameters[stage])
+    return runs
+
+
+STAGE_FLOWS = {"ingest": ingest, "transform": transform, "shard": shard}
