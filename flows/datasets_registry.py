@@ -1,0 +1,120 @@
+"""The dataset registry: one row per published dataset version in ``meta.datasets``.
+
+The row is written after the version's manifest and ``LATEST``; it is what
+``shardyard datasets list`` shows. The table is created on first use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+META = "meta"
+TABLE = "datasets"
+
+
+@dataclass
+class DatasetRecord:
+    """One published version as the registry knows it."""
+
+    name: str
+    version: str
+    created_at: datetime
+    counts: dict[str, int]
+    manifest_uri: str
+    dataset_uri: str
+    gold_fingerprint: str
+    code_version: str
+    lineage: dict[str, Any]
+
+
+def ensure_registry(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {} (
+                name text NOT NULL,
+                version text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                counts jsonb NOT NULL,
+                manifest_uri text NOT NULL,
+                dataset_uri text NOT NULL,
+                gold_fingerprint text NOT NULL,
+                code_version text NOT NULL,
+                lineage jsonb NOT NULL,
+                PRIMARY KEY (name, version)
+            )
+            """
+        ).format(sql.Identifier(META, TABLE))
+    )
+
+
+def is_registered(conn: psycopg.Connection, name: str, version: str) -> bool:
+    ensure_registry(conn)
+    query = sql.SQL("SELECT 1 FROM {} WHERE name = %s AND version = %s").format(
+        sql.Identifier(META, TABLE)
+    )
+    return conn.execute(query, (name, version)).fetchone() is not None
+
+
+def register(
+    conn: psycopg.Connection,
+    *,
+    name: str,
+    version: str,
+    counts: dict[str, int],
+    manifest_uri: str,
+    dataset_uri: str,
+    lineage: dict[str, Any],
+) -> bool:
+    """Insert the row for a published version; ``False`` when it was already there."""
+    ensure_registry(conn)
+    query = sql.SQL(
+        """
+        INSERT INTO {} (name, version, counts, manifest_uri, dataset_uri, gold_fingerprint,
+                        code_version, lineage)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (name, version) DO NOTHING
+        """
+    ).format(sql.Identifier(META, TABLE))
+    cursor = conn.execute(
+        query,
+        (
+            name,
+            version,
+            Jsonb(counts),
+            manifest_uri,
+            dataset_uri,
+            lineage.get("gold_fingerprint", ""),
+            lineage.get("code_version", ""),
+            Jsonb(lineage),
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+def fetch(
+    conn: psycopg.Connection, name: str | None = None, version: str | None = None
+) -> list[DatasetRecord]:
+    """Registry rows, newest first, optionally for one dataset (and version)."""
+    ensure_registry(conn)
+    filters = [sql.SQL("TRUE")]
+    params: list[str] = []
+    if name is not None:
+        filters.append(sql.SQL("name = %s"))
+        params.append(name)
+    if version is not None:
+        filters.append(sql.SQL("version = %s"))
+        params.append(version)
+    query = sql.SQL(
+        "SELECT name, version, created_at, counts, manifest_uri, dataset_uri, gold_fingerprint, "
+        "code_version, lineage FROM {} WHERE {} ORDER BY created_at DESC, name, version"
+    ).format(sql.Identifier(META, TABLE), sql.SQL(" AND ").join(filters))
+    return [DatasetRecord(*row) for row in conn.execute(query, params).fetchall()]
