@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shards.definition import PublishSpec
 
 BUNDLED = Path(__file__).parent / "datasets"
 
@@ -104,7 +106,7 @@ class DatasetSpec(BaseModel):
     description: str = ""
     governance: Governance = Field(default_factory=Governance)
     tables: dict[str, TableSpec]
-    publish: dict[str, Any] | None = None
+    publish: PublishSpec | None = None
 
     @field_validator("name")
     @classmethod

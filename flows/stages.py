@@ -16,7 +16,7 @@ from typing import Any
 from flows.ingestion import BatchResult, ingest_file
 from flows.run_records import record_stage_run
 from flows.settings import Settings
-from flows.specs import load_spec
+from flows.specs import SpecError, load_spec
 
 STAGES = ("ingest", "transform", "shard")
 
@@ -114,7 +114,16 @@ def shard_stage(
     from flows.transform import gold_lineage
 
     spec = load_spec(dataset)
+    if spec.publish is None:
+        raise SpecError(f"dataset {dataset!r} has no publish section")
     with recorded(settings, "shard", dataset, run_id, parent_run_id) as summary:
-        result = publish_dataset(settings, spec, lineage=gold_lineage(settings))
-        summary["published"] = result.to_summary() if hasattr(result, "to_summary") else str(result)
+        result = publish_dataset(settings, spec.publish, lineage=gold_lineage(settings))
+        summary["published"] = {
+            "name": result.name,
+            "version": result.version,
+            "status": result.status,
+            "dataset_uri": result.dataset_uri,
+            "manifest_uri": result.manifest_uri,
+            "counts": result.counts,
+        }
     return summary
