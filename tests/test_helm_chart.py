@@ -372,7 +372,7 @@ def test_registration_job_applies_the_pool_and_deploys_prefect_yaml_after_each_r
     env = registration_env(environment)
     annotations = job["metadata"]["annotations"]
 
-    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade,post-rollback"
     assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
     assert 'prefect work-pool create "${SHARDYARD_WORK_POOL}" --type kubernetes' in script
     assert "--base-job-template /config/baseJobTemplate.json --overwrite" in script
