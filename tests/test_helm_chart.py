@@ -29,7 +29,10 @@ RELEASE = "shardyard"
 KUBERNETES_VERSION = "1.37"
 
 POD_OWNERS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob"}
-CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|AUTH_STRING|DATABASE_URL")
+# Variables that carry a credential. Names of Secrets (..._SECRET_NAME, ..._SECRET_KEY) are not.
+CREDENTIAL_NAME = re.compile(
+    r"^(?!.*_SECRET_(NAME|KEY)$).*(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|AUTH_STRING|DATABASE_URL)"
+)
 WORKER_RULES = [
     {
         "apiGroups": [""],
@@ -262,19 +265,30 @@ def test_worker_watches_only_its_own_namespace(environment: str) -> None:
     assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"] == namespace
 
 
-def test_storing_the_api_key_as_a_secret_is_the_only_way_to_grant_secret_access() -> None:
-    values = environment_values("prod") | {"worker": {"createSecretForApiKey": True}}
-    (role,) = [obj for obj in manifests(render(values, "shardyard-prod")) if obj["kind"] == "Role"]
-
-    assert role["rules"][:2] == WORKER_RULES
-    assert role["rules"][2] == {
-        "apiGroups": [""],
-        "resources": ["secrets"],
-        "verbs": ["get", "create", "update", "patch", "delete"],
+def test_worker_hands_prefect_credentials_to_flow_runs_as_secret_references() -> None:
+    cloud = environment_values("prod") | {
+        "prefect": {
+            "apiUrl": "https://api.prefect.cloud/api/accounts/a/workspaces/w",
+            "apiKeySecret": {"name": "prefect-cloud", "key": "api-key"},
+        }
     }
-    assert all(
-        "secrets" not in rule["resources"] for rule in objects_of("prod", "Role")[0]["rules"]
+    (deployment,) = [
+        obj for obj in manifests(render(cloud, "shardyard-prod")) if obj["kind"] == "Deployment"
+    ]
+    cloud_env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    server_env = env_of(worker_container("prod"))
+    setting = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_{}_SECRET_{}"
+
+    assert cloud_env["PREFECT_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "prefect-cloud", "key": "api-key"}
+    }
+    assert cloud_env[setting.format("API_KEY", "NAME")]["value"] == "prefect-cloud"
+    assert cloud_env[setting.format("API_KEY", "KEY")]["value"] == "api-key"
+    assert server_env[setting.format("API_AUTH_STRING", "NAME")]["value"] == "prefect-api-auth"
+    assert server_env[setting.format("API_AUTH_STRING", "KEY")]["value"] == (
+        "PREFECT_API_AUTH_STRING"
     )
+    assert "PREFECT_API_KEY" not in server_env
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
