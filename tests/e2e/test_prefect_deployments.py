@@ -1,0 +1,65 @@
+"""End to end, the way an operator runs it: a real Prefect server, a process work pool and a
+worker, `prefect deploy --all` from prefect.yaml and `prefect deployment run ... --watch`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+from prefect.client.orchestration import get_client
+
+from flows.settings import Settings
+from shards.storage import open_storage
+
+from .conftest import PrefectServer
+
+
+async def _flow_runs(api_url: str) -> list:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            flows = {f.id: f.name for f in await client.read_flows()}
+    return [(flows[r.flow_id], r) for r in runs]
+
+
+def test_deployment_run_from_the_cli_publishes_with_one_flow_run_per_stage(
+    settings: Settings, prefect_server: PrefectServer, process_worker: str, tmp_path: Path
+) -> None:
+    env = prefect_server.env
+    env.update(
+        SHARDYARD_DATABASE_URL=settings.database_url or "",
+        SHARDYARD_STORAGE_URL=settings.resolved_storage_url,
+        SHARDYARD_HOME=str(tmp_path / "home"),
+        SHARDYARD_WORK_POOL=process_worker,
+        SHARDYARD_IMAGE="shardyard:test",
+        SHARDYARD_PIPELINE_CRON="0 6 * * *",
+    )
+    deployed = prefect_server.cli("--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    listed = prefect_server.cli("deployment", "ls")
+    for name in ("pipeline/flights", "ingest/flights", "transform/flights", "shard/flights"):
+        assert name in listed.stdout, listed.stdout
+
+    run = prefect_server.cli("deployment", "run", "pipeline/flights", "--watch", timeout=1500)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    runs = asyncio.run(_flow_runs(prefect_server.api_url))
+    by_flow = {name: r for name, r in runs}
+    assert set(by_flow) == {"pipeline", "ingest", "transform", "shard"}
+    assert all(r.state.is_completed() for _, r in runs), [(n, r.state.name) for n, r in runs]
+    assert len({r.id for _, r in runs}) == 4  # every stage its own flow run
+    parent = by_flow["pipeline"].id
+    for stage in ("ingest", "transform", "shard"):
+        assert by_flow[stage].parent_task_run_id is not None, stage
+
+    storage = open_storage(settings.resolved_storage_url)
+    version = storage.get_bytes("datasets/flights/LATEST").decode().strip()
+    assert storage.exists(f"datasets/flights/{version}/manifest.json")
+    with psycopg.connect(settings.database_url) as conn:
+        stages = conn.execute("SELECT stage, status FROM meta.stage_runs ORDER BY id").fetchall()
+        assert conn.execute("SELECT count(*) FROM raw.flights").fetchone()[0] == 336_776
+    assert stages == [("ingest", "completed"), ("transform", "completed"), ("shard", "completed")]
+    assert str(parent)
