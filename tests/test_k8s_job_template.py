@@ -20,11 +20,24 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import Flow, FlowRun
 from prefect.server.schemas.actions import validate_base_job_template
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_KEY,
+    PREFECT_API_URL,
+    temporary_settings,
+)
 from prefect.utilities.schema_tools import validate as validate_job_variables
-from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+from prefect_kubernetes.settings import KubernetesSettings
+from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
-from tests.test_helm_chart import ENVIRONMENTS, KUBERNETES_VERSION, base_job_template
+from tests.test_helm_chart import (
+    ENVIRONMENTS,
+    KUBERNETES_VERSION,
+    base_job_template,
+    environment_values,
+    manifests,
+    render,
+)
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "k8s" / "base-job-template.json"
 PREFECT_API = "http://prefect-server.prefect.svc.cluster.local:4200/api"
@@ -203,3 +216,58 @@ def test_job_and_pod_carry_the_flow_runs_labels() -> None:
     assert job["metadata"]["generateName"] == "sturdy-heron-"
     assert pod_labels["app.kubernetes.io/component"] == "flow-run"
     assert pod_labels["prefect.io/flow-run-name"] == "sturdy-heron"
+
+
+def test_a_worker_configured_by_the_chart_passes_prefect_credentials_as_secret_references(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = environment_values("prod") | {
+        "prefect": {
+            "apiUrl": PREFECT_API,
+            "apiKeySecret": {"name": "prefect-cloud", "key": "api-key"},
+            "authStringSecret": {"name": "prefect-api-auth", "key": "auth"},
+        }
+    }
+    (deployment,) = [
+        obj for obj in manifests(render(values, "shardyard-prod")) if obj["kind"] == "Deployment"
+    ]
+    (worker_container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for entry in worker_container["env"]:
+        if entry["name"].startswith("PREFECT_INTEGRATIONS_KUBERNETES_WORKER_"):
+            monkeypatch.setenv(entry["name"], entry["value"])
+    settings = KubernetesSettings().worker
+    # The worker's own credentials, as its pod gets them from the Secrets.
+    with temporary_settings(
+        {PREFECT_API_KEY: "pnu_not_a_real_key", PREFECT_API_AUTH_STRING: "a:b"}
+    ):
+        configuration, _ = build_job(raw_template())
+
+    async def swap_in_secret_references() -> None:
+        # What KubernetesWorker._create_job does with these settings before it submits the Job.
+        worker = KubernetesWorker(work_pool_name="shardyard-prod")
+        await worker._replace_api_key_with_secret(
+            configuration=configuration,
+            client=None,
+            secret_name=settings.api_key_secret_name,
+            secret_key=settings.api_key_secret_key,
+        )
+        await worker._replace_env_variable_with_secret(
+            env_variable_name="PREFECT_API_AUTH_STRING",
+            configuration=configuration,
+            secret_name=settings.api_auth_string_secret_name,
+            secret_key=settings.api_auth_string_secret_key,
+        )
+
+    asyncio.run(swap_in_secret_references())
+    job = configuration.job_manifest
+    env = env_of(job)
+
+    validate_strictly(job)
+    assert env["PREFECT_API_KEY"] == {
+        "name": "PREFECT_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-cloud", "key": "api-key"}},
+    }
+    assert env["PREFECT_API_AUTH_STRING"]["valueFrom"] == {
+        "secretKeyRef": {"name": "prefect-api-auth", "key": "auth"}
+    }
+    assert "pnu_not_a_real_key" not in json.dumps(job)
