@@ -36,6 +36,8 @@ def test_deployment_run_from_the_cli_publishes_with_one_flow_run_per_stage(
         SHARDYARD_WORK_POOL=process_worker,
         SHARDYARD_IMAGE="shardyard:test",
         SHARDYARD_PIPELINE_CRON="0 6 * * *",
+        SHARDYARD_PIPELINE_TIMEZONE="UTC",
+        SHARDYARD_SCHEDULES_ACTIVE="false",
     )
     deployed = prefect_server.cli("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
