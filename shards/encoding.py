@@ -176,12 +176,17 @@ def _json_value(column: pa.Array) -> pa.Array:
         return _json_number(column)
     if pa.types.is_timestamp(kind):
         column = pc.binary_join_element_wise(iso_utc(column), "Z", "")
-    text = pc.cast(column, pa.string())
-    if pc.any(pc.fill_null(pc.match_substring_regex(text, r"[\x00-\x1f]"), False)).as_py():
+    # Id-like columns repeat a lot: render each distinct value once, then take.
+    encoded = pc.dictionary_encode(pc.cast(column, pa.string()))
+    rendered = _json_strings(encoded.dictionary).take(encoded.indices)
+    return pc.fill_null(rendered, "null")
+
+
+def _json_strings(text: pa.Array) -> pa.Array:
+    if pc.any(pc.match_substring_regex(text, r"[\x00-\x1f]")).as_py():
         raise EncodingError("a meta column holds control characters")
     escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
-    quoted = pc.binary_join_element_wise('"', escaped, '"', "")
-    return pc.fill_null(quoted, "null")
+    return pc.binary_join_element_wise('"', escaped, '"', "")
 
 
 def feature_schema(spec: PublishSpec, statistics: dict[str, Any]) -> list[dict[str, Any]]:

@@ -240,14 +240,16 @@ def open_litdata(
     shuffle: bool = False,
     seed: int = 42,
     cache_dir: str | None = None,
-    endpoint_url: str | None = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
-    **dataset_options: Any,
+    dataset_options: dict[str, Any] | None = None,
+    **s3_options: Any,
 ) -> Any:
     """A ``litdata.StreamingDataset`` over one split's chunks (ranks/workers split by litdata).
 
     Items are ``{"features": float32[F], "label": int|float, "meta": str JSON}``; pass
-    ``transform`` to map them (e.g. to ``(features, label)``).
+    ``transform`` to map them (e.g. :func:`litdata_tuple`). ``s3_options`` are boto3 client
+    options (``endpoint_url``, ``region_name``, ``aws_access_key_id``, ...), as
+    ``Settings.s3_options()`` gives them.
     """
     from litdata import StreamingDataset
 
@@ -255,18 +257,16 @@ def open_litdata(
     storage_options: dict[str, Any] = {}
     if is_s3_url(input_dir):
         _allow_http()
-        if endpoint_url:
-            storage_options["endpoint_url"] = endpoint_url
-    dataset = StreamingDataset(
+        storage_options = {k: v for k, v in s3_options.items() if v is not None}
+    return StreamingDataset(
         input_dir=input_dir,
         shuffle=shuffle,
         seed=seed,
         cache_dir=cache_dir,
         storage_options=storage_options,
         transform=transform,
-        **dataset_options,
+        **(dataset_options or {}),
     )
-    return dataset
 
 
 def litdata_tuple(item: dict[str, Any]) -> tuple[np.ndarray, Any]:

@@ -59,6 +59,7 @@ def _template() -> np.ndarray:
 
 
 TEMPLATE = _template()
+TEMPLATE_SUM = int(TEMPLATE.sum(dtype=np.int64))
 
 
 def string_bytes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -97,33 +98,38 @@ def fixed_width(array: pa.Array, width: int) -> np.ndarray | None:
     return data[offsets[0] : offsets[-1]].reshape(len(array), width)
 
 
-def _place(out: np.ndarray, row_starts: np.ndarray, array: pa.Array, width: int) -> None:
-    """Write row i of a string array at ``out.reshape(-1)[row_starts[i]:]`` (rows at a fixed
-    stride in ``out``), via a padded matrix when possible, else by scattering bytes."""
-    matrix = fixed_width(array, width)
-    flat = out.reshape(-1)
-    if matrix is not None:
-        stride = int(row_starts[1] - row_starts[0]) if len(row_starts) > 1 else width
-        view = flat[int(row_starts[0]) :] if len(row_starts) else flat
-        rows = np.lib.stride_tricks.as_strided(
-            view, shape=(len(row_starts), width), strides=(stride, 1), writeable=True
-        )
-        rows[:] = matrix
-        return
-    data, offsets = string_bytes(array)
-    _scatter(flat, row_starts, data, offsets)
-
-
-def ustar_headers(names: pa.Array, sizes: np.ndarray) -> np.ndarray:
-    """One 512-byte ustar header per member name/size, as an ``(n, 512)`` uint8 array."""
-    if (pc.binary_length(names).to_numpy() > NAME_BYTES).any():
+def _fill_headers(headers: np.ndarray, ids: pa.Array, suffix: bytes, sizes: np.ndarray) -> None:
+    """Fill ``(n, 512)`` rows with ustar headers for members ``<id><suffix>`` of ``sizes``."""
+    n = len(ids)
+    lengths = pc.binary_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    if n and int(lengths.max()) + len(suffix) > NAME_BYTES:
         raise ValueError("a tar member name is longer than 100 bytes")
-    n = len(names)
-    headers = np.tile(TEMPLATE, (n, 1))
-    _place(headers, np.arange(n, dtype=np.int64) * BLOCK, names, NAME_BYTES)
-    headers[:, 124:136] = _octal_field(sizes, 12)
-    checksums = headers.sum(axis=1, dtype=np.int64)
+    headers[:] = TEMPLATE
+    width = int(lengths.max(initial=0))
+    matrix = fixed_width(ids, width)
+    if matrix is None:
+        raise ValueError("sample keys must be ASCII")
+    headers[:, :width] = matrix
+    rows = np.arange(n)
+    for k, byte in enumerate(suffix):
+        headers[rows, lengths + k] = byte
+    size_field = _octal_field(sizes, 12)
+    headers[:, 124:136] = size_field
+    # The checksum is the byte sum of the header with its own field as spaces: the template's
+    # sum plus the bytes that differ per member (name and size).
+    checksums = (
+        TEMPLATE_SUM
+        + matrix.sum(axis=1, dtype=np.int64)
+        + sum(suffix)
+        + size_field.sum(axis=1, dtype=np.int64)
+    )
     headers[:, 148:155] = _octal_field(checksums, 7)
+
+
+def ustar_headers(ids: pa.Array, suffix: bytes, sizes: np.ndarray) -> np.ndarray:
+    """One 512-byte ustar header per member ``<id><suffix>``, as an ``(n, 512)`` array."""
+    headers = np.empty((len(ids), BLOCK), dtype=np.uint8)
+    _fill_headers(headers, ids, suffix, sizes)
     return headers
 
 
@@ -135,28 +141,49 @@ class TarSamples:
     offsets: np.ndarray
 
 
-def encode_tar_samples(batch: EncodedBatch) -> TarSamples:
-    """Two members per sample: ``<id>.npy`` (float32 features) and ``<id>.json`` (meta)."""
+def encode_tar_samples(batch: EncodedBatch, buffer: np.ndarray | None = None) -> TarSamples:
+    """Two members per sample: ``<id>.npy`` (float32 features) and ``<id>.json`` (meta).
+
+    ``buffer`` (uint8, reused across batches to spare page faults) holds the result when it
+    is large enough; the returned data may be a view into it.
+    """
     n = len(batch)
     header = np.frombuffer(npy_header(batch.features.shape[1]), dtype=np.uint8)
-    npy = np.empty((n, len(header) + batch.features.shape[1] * 4), dtype=np.uint8)
-    npy[:, : len(header)] = header
-    npy[:, len(header) :] = np.ascontiguousarray(batch.features, dtype="<f4").view(np.uint8)
+    npy_size = len(header) + batch.features.shape[1] * 4
     json_data, json_offsets = string_bytes(batch.meta)
     json_sizes = np.diff(json_offsets)
-    npy_names = pc.binary_join_element_wise(batch.ids, ".npy", "")
-    json_names = pc.binary_join_element_wise(batch.ids, ".json", "")
-    npy_headers = ustar_headers(npy_names, np.full(n, npy.shape[1]))
-    json_headers = ustar_headers(json_names, json_sizes)
-    if npy.shape[1] <= BLOCK and (json_sizes <= BLOCK).all():
-        blocks = np.zeros((n, 4, BLOCK), dtype=np.uint8)
-        blocks[:, 0] = npy_headers
-        blocks[:, 1, : npy.shape[1]] = npy
-        blocks[:, 2] = json_headers
+    if npy_size > BLOCK or (json_sizes > BLOCK).any():
+        npy = np.empty((n, npy_size), dtype=np.uint8)
+        npy[:, : len(header)] = header
+        npy[:, len(header) :] = np.ascontiguousarray(batch.features, "<f4").view(np.uint8)
+        return _encode_slow(
+            npy,
+            ustar_headers(batch.ids, b".npy", np.full(n, npy_size)),
+            ustar_headers(batch.ids, b".json", json_sizes),
+            json_data,
+            json_offsets,
+        )
+    total = n * 4 * BLOCK
+    if buffer is None or len(buffer) < total:
+        buffer = np.empty(total, dtype=np.uint8)
+    blocks = buffer[:total].reshape(n, 4, BLOCK)
+    _fill_headers(blocks[:, 0], batch.ids, b".npy", np.full(n, npy_size))
+    blocks[:, 1, : len(header)] = header
+    blocks[:, 1, len(header) : npy_size] = np.ascontiguousarray(batch.features, "<f4").view(
+        np.uint8
+    )
+    blocks[:, 1, npy_size:] = 0
+    _fill_headers(blocks[:, 2], batch.ids, b".json", json_sizes)
+    width = int(json_sizes.max(initial=0))
+    matrix = fixed_width(batch.meta, width)
+    if matrix is not None:
+        blocks[:, 3, :width] = matrix
+        blocks[:, 3, width:] = 0
+    else:  # non-ASCII JSON: scatter the bytes
+        blocks[:, 3] = 0
         starts = np.arange(n, dtype=np.int64) * 4 * BLOCK + 3 * BLOCK
-        _place(blocks, starts, batch.meta, int(json_sizes.max(initial=0)))
-        return TarSamples(blocks.reshape(-1), np.arange(n + 1, dtype=np.int64) * 4 * BLOCK)
-    return _encode_slow(npy, npy_headers, json_headers, json_data, json_offsets)
+        _scatter(blocks.reshape(-1), starts, json_data, json_offsets)
+    return TarSamples(blocks.reshape(-1), np.arange(n + 1, dtype=np.int64) * 4 * BLOCK)
 
 
 def _padded(data: bytes) -> bytes:
@@ -209,11 +236,15 @@ class TarShardWriter:
         self._handle = None
         self._count = 0
         self._bytes = 0
+        self._buffer: np.ndarray | None = None
 
     def write(self, batch: EncodedBatch) -> None:
         if len(batch) == 0:
             return
-        samples = encode_tar_samples(batch)
+        needed = len(batch) * 4 * BLOCK
+        if self._buffer is None or len(self._buffer) < needed:
+            self._buffer = np.empty(needed, dtype=np.uint8)
+        samples = encode_tar_samples(batch, self._buffer)
         start = 0
         while start < len(batch):
             if self._handle is None:

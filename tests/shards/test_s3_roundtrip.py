@@ -90,9 +90,9 @@ def test_reader_helpers_stream_an_s3_split_split_across_dataloader_workers(
     litdata = open_litdata(
         url,
         "train",
-        endpoint_url=s3_endpoint,
         cache_dir=str(tmp_path / "cache"),
         transform=litdata_tuple,
+        **s3_settings.s3_options(),
     )
     assert len(litdata) == expected
     features = torch.cat([f for f, _ in torch.utils.data.DataLoader(litdata, batch_size=64)])
