@@ -1,7 +1,8 @@
 """Publish a stream of gold rows as a versioned dataset, atomically.
 
-Two passes over the source (a callable that returns a fresh iterator of Arrow record batches
-ordered by example id):
+Two passes over the rows (the source, a callable returning an iterator of Arrow record
+batches ordered by example id, is read once; pass 1 spills its batches to a local Arrow file
+that pass 2 reads back):
 
 1. **plan** — assign splits, run the split guards, count, compute train-only statistics and
    the content fingerprint; derive the version id. If that version's manifest already exists,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,7 @@ def write_files(
             chunk_writers[name].write(part)
     if checker.fingerprint.hexdigest() != plan.fingerprint or checker.count_map() != plan.counts:
         raise PublishError(
-            f"{spec.source} changed between the two passes of the publication; run it again"
+            f"the rows of {spec.source} read in pass 2 differ from pass 1; run it again"
         )
     files = {}
     for name in spec.split_names:
@@ -364,6 +365,28 @@ def read_latest(storage: Storage, name: str) -> str | None:
     return storage.get_bytes(key).decode().strip() if storage.exists(key) else None
 
 
+def _spill(batches: Iterable[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
+    """Pass the batches through, writing them to an Arrow IPC stream file on the way."""
+    writer = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pa.ipc.new_stream(str(path), batch.schema)
+            writer.write_batch(batch)
+            yield batch
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _replay(path: Path) -> Iterator[pa.RecordBatch]:
+    """The spilled batches, memory-mapped (nothing when the source was empty)."""
+    if not path.exists():
+        return
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
 def publish(
     spec: PublishSpec,
     storage: Storage,
@@ -373,40 +396,47 @@ def publish(
     progress: Progress | None = None,
     workdir: Path | None = None,
 ) -> PublishResult:
-    """Publish ``source`` (called once per pass) under ``<storage>/datasets/<name>/<version>``."""
+    """Publish ``source`` under ``<storage>/datasets/<name>/<version>`` (see the module doc).
+
+    ``source()`` is read once; pass 1 spills its batches (only the spec's columns) to an Arrow
+    file in the temporary folder, and pass 2 reads them back from there, so both passes see
+    the same snapshot and the database is read once.
+    """
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    plan = plan_publication(spec, source())
-    timings["plan_s"] = time.perf_counter() - started
-    prefix = version_prefix(spec.name, plan.version)
-    _say(
-        progress,
-        f"{spec.name}: version {plan.version}, counts {plan.counts}, "
-        f"{plan.excluded} rows outside every split",
-    )
-
-    def result(status: str, manifest: dict[str, Any]) -> PublishResult:
-        return PublishResult(
-            name=spec.name,
-            version=plan.version,
-            status=status,
-            dataset_uri=storage.uri(prefix),
-            manifest_uri=storage.uri(manifest_key(spec.name, plan.version)),
-            counts=dict(plan.counts),
-            manifest=manifest,
-            timings=timings,
-        )
-
-    if storage.exists(manifest_key(spec.name, plan.version)):
-        _say(progress, f"{spec.name} {plan.version} is already published; nothing to do")
-        return result("exists", read_manifest(storage, spec.name, plan.version))
-
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shardyard-publish-", dir=workdir) as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "dataset"
+        spill = Path(tmp) / "source.arrows"
+        columns = spec.source_columns()
         started = time.perf_counter()
-        files = write_files(spec, plan, source(), root, progress)
+        plan = plan_publication(spec, _spill((_select(b, columns) for b in source()), spill))
+        timings["plan_s"] = time.perf_counter() - started
+        prefix = version_prefix(spec.name, plan.version)
+        _say(
+            progress,
+            f"{spec.name}: version {plan.version}, counts {plan.counts}, "
+            f"{plan.excluded} rows outside every split",
+        )
+
+        def result(status: str, manifest: dict[str, Any]) -> PublishResult:
+            return PublishResult(
+                name=spec.name,
+                version=plan.version,
+                status=status,
+                dataset_uri=storage.uri(prefix),
+                manifest_uri=storage.uri(manifest_key(spec.name, plan.version)),
+                counts=dict(plan.counts),
+                manifest=manifest,
+                timings=timings,
+            )
+
+        if storage.exists(manifest_key(spec.name, plan.version)):
+            _say(progress, f"{spec.name} {plan.version} is already published; nothing to do")
+            return result("exists", read_manifest(storage, spec.name, plan.version))
+
+        started = time.perf_counter()
+        files = write_files(spec, plan, _replay(spill), root, progress)
         timings["write_s"] = time.perf_counter() - started
         started = time.perf_counter()
         manifest = build_manifest(spec, plan, root, files, lineage)
