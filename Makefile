@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/shardyard demo
+	$(BIN)/python examples/train_flights.py
 
 test: $(STAMP)
-	$(BIN)/ruff check flows shards tests benchmarks
+	$(BIN)/ruff check flows shards tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows shards tests benchmarks
+	$(BIN)/ruff check flows shards tests benchmarks examples
 	$(BIN)/ruff format --check flows shards tests benchmarks
 
 bench-ingest: $(STAMP)

@@ -102,12 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nStream it from a trainer:")
     print("  from shards.readers import open_webdataset, open_litdata")
     print(f"  train = open_webdataset({url!r}, 'train')")
-    if not args.skip_training:
-        from shards.example_trainer import train_and_evaluate
-
-        print("\nExample trainer (logistic regression streamed from the train split):")
-        report = train_and_evaluate(url, **settings.s3_options())
-        print(f"  validation AUC {report['val_auc']:.3f} on {report['val_examples']:,} examples")
+    print("  or train the example model on it: python examples/train_flights.py")
     return 0
 
 
@@ -140,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole pipeline on the bundled dataset")
     demo.add_argument("--dataset", default="flights")
-    demo.add_argument("--skip-training", action="store_true", help="don't run the trainer")
     demo.set_defaults(func=cmd_demo)
 
     run = commands.add_parser("run", help="run the pipeline or chosen stages in-process")
