@@ -23,6 +23,7 @@ from flows.database import connect, database_url
 from flows.datasets_registry import DatasetRecord, fetch, is_registered, register
 from flows.settings import Settings
 from shards.definition import PublishSpec
+from shards.manifest import manifest_key
 from shards.publisher import (
     Progress,
     PublishResult,
@@ -123,6 +124,8 @@ def show_dataset(settings: Settings, name: str, version: str | None = None) -> d
     version = version or latest
     if version is None:
         raise FileNotFoundError(f"no published version of dataset {name!r}")
+    if not storage.exists(manifest_key(name, version)):
+        raise FileNotFoundError(f"dataset {name!r} has no published version {version!r}")
     manifest = read_manifest(storage, name, version)
     with connect(settings) as conn:
         records = fetch(conn, name, version)

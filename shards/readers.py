@@ -173,6 +173,8 @@ def open_webdataset(
 
     manifest = load_manifest(dataset_url, **s3_options)
     urls = shard_urls(dataset_url, manifest, split, "webdataset")
+    if not urls:  # an empty split (possible with group or hash splits of small data)
+        return wds.DataPipeline(_no_samples)
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if shuffle_buffer:
         stages.append(wds.filters.shuffle(len(urls), seed=seed))
@@ -187,6 +189,10 @@ def open_webdataset(
     if as_tuple:
         stages.append(wds.filters.map(_as_tuple))
     return wds.DataPipeline(*stages)
+
+
+def _no_samples() -> Iterator[Any]:
+    return iter(())
 
 
 def _as_tuple(sample: dict[str, Any]) -> tuple[np.ndarray, Any]:
@@ -253,6 +259,9 @@ def open_litdata(
     """
     from litdata import StreamingDataset
 
+    manifest = load_manifest(dataset_url, **s3_options)
+    if not shard_urls(dataset_url, manifest, split, "litdata"):
+        return []  # an empty split has no chunks and no index.json
     input_dir = f"{dataset_url.rstrip('/')}/litdata/{split}"
     storage_options: dict[str, Any] = {}
     if is_s3_url(input_dir):

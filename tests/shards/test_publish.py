@@ -12,7 +12,7 @@ import pytest
 import shards.publisher
 from flows.publish import dataset_url, list_datasets, publish_dataset, show_dataset
 from flows.settings import Settings
-from shards.definition import PublishSpec
+from shards.definition import GroupSplit, PublishSpec
 from shards.manifest import manifest_files
 from shards.readers import open_litdata, open_webdataset
 from shards.splits import SplitLeakError
@@ -177,3 +177,50 @@ def test_a_planted_duplicate_example_is_rejected_before_anything_is_written(
         publish_dataset(settings, spec)
     assert not (_lake(settings) / "datasets").exists()
     assert list_datasets(settings) == []
+
+
+def test_a_group_split_by_tail_number_publishes_every_tail_number_in_one_split_only(
+    settings: Settings, gold: pa.Table, spec: PublishSpec
+):
+    by_tail = spec.model_copy(
+        update={
+            "split": GroupSplit(key="tailnum", fractions={"train": 0.7, "val": 0.15, "test": 0.15})
+        }
+    )
+    result = publish_dataset(settings, by_tail)
+    assert "groups_disjoint:tailnum" in result.manifest["guards"]["passed"]
+    url = dataset_url(settings, "flights")
+    split_of: dict[object, set[str]] = {}
+    for split in ("train", "val", "test"):
+        for sample in open_webdataset(url, split, as_tuple=False):
+            split_of.setdefault(sample["meta"]["tailnum"], set()).add(split)
+    assert sum(result.counts.values()) == len(gold)  # a group split leaves nothing out
+    assert all(len(splits) == 1 for splits in split_of.values())
+
+
+def test_showing_a_version_that_was_never_published_says_so(
+    settings: Settings, gold: pa.Table, spec: PublishSpec
+):
+    publish_dataset(settings, spec)
+    with pytest.raises(FileNotFoundError, match="no published version 'nope'"):
+        show_dataset(settings, "flights", "nope")
+
+
+def test_an_empty_split_is_published_without_files_and_reads_back_empty(tmp_path: Path):
+    from shards.definition import flights_publish_spec
+    from shards.publisher import publish
+    from shards.storage import open_storage
+    from shards.synthetic import synthetic_gold
+
+    windows = [
+        {"name": "train", "start": "2013-01-01T00:00:00Z", "end": "2013-07-01T00:00:00Z"},
+        {"name": "val", "start": "2013-07-01T00:00:00Z", "end": "2014-01-01T00:00:00Z"},
+        {"name": "test", "start": "2014-01-01T00:00:00Z", "end": "2015-01-01T00:00:00Z"},
+    ]
+    spec = flights_publish_spec(split={"method": "time", "windows": windows})
+    table = synthetic_gold(200, seed=2)
+    result = publish(spec, open_storage(str(tmp_path / "lake")), lambda: table.to_batches())
+    test = result.manifest["splits"]["test"]
+    assert test["count"] == 0 and test["webdataset"]["files"] == test["litdata"]["files"] == []
+    assert list(open_webdataset(result.dataset_uri, "test")) == []
+    assert list(open_litdata(result.dataset_uri, "test")) == []
