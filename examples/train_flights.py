@@ -94,7 +94,16 @@ def split_loader(
         dataset = open_litdata(
             dataset_url, split, shuffle=train, transform=litdata_tuple, **s3_options
         )
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
+    )
+
+
+def collate(batch: list[tuple[np.ndarray, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a batch in numpy first (torch's default collate converts sample by sample)."""
+    features = np.stack([features for features, _ in batch])
+    labels = np.array([label for _, label in batch])
+    return torch.from_numpy(features), torch.from_numpy(labels)
 
 
 def train_and_evaluate(
