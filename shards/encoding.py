@@ -216,19 +216,3 @@ def feature_schema(spec: PublishSpec, statistics: dict[str, Any]) -> list[dict[s
             }
         )
     return schema
-
-
-def standardize(
-    features: np.ndarray, spec_features: list[dict[str, Any]], statistics: dict[str, Any]
-) -> np.ndarray:
-    """Trainer helper: numeric columns to z-scores with train mean/std, NaN to 0 (the mean)."""
-    out = np.array(features, dtype=np.float32, copy=True)
-    for entry in spec_features:
-        if entry["kind"] != "numeric":
-            continue
-        stats = statistics["numeric"][entry["name"]]
-        mean = stats["mean"] or 0.0
-        std = stats["std"] or 1.0
-        column = (out[..., entry["index"]] - mean) / (std if std > 0 else 1.0)
-        out[..., entry["index"]] = np.where(np.isnan(column), 0.0, column)
-    return out
