@@ -80,3 +80,13 @@ def settings(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SHARDYARD_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SHARDYARD_ENV", raising=False)
     return Settings()
+
+
+PREFECT_FIXTURES = {"prefect_api", "prefect_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run Prefect in this process go last: Prefect leaves process-wide state
+    behind (threads, at-fork hooks) after which forked children, such as DataLoader workers,
+    exit with status 1 even when their work succeeded."""
+    items.sort(key=lambda item: bool(PREFECT_FIXTURES & set(getattr(item, "fixturenames", ()))))

@@ -64,6 +64,7 @@ def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_TELEMETRY_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",
         "PWD": str(REPO),
