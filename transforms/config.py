@@ -1,0 +1,12 @@
+"""SQLMesh project config for the ``sqlmesh`` CLI (``sqlmesh -p transforms plan``).
+
+The config is built from shardyard's settings (``SHARDYARD_*`` variables), exactly as
+``flows.transform`` builds it for the pipeline: a PostgreSQL gateway on shardyard's database
+(embedded when ``SHARDYARD_DATABASE_URL`` is unset), SQLMesh state in the ``sqlmesh_state``
+schema of the same database. Pass ``SHARDYARD_ENV`` as the environment name to the CLI.
+"""
+
+from flows.settings import load_settings
+from flows.transform import sqlmesh_config
+
+config = sqlmesh_config(load_settings())

@@ -1,0 +1,35 @@
+MODEL (
+  name bronze.airlines,
+  description 'Typed carrier records from every loaded raw.airlines batch, all versions kept. Small reference data: rebuilt whole.',
+  kind FULL,
+  grain (_batch_id, _record_no),
+  audits (
+    values_cast,
+    landed_rows_reach_bronze(source := raw.airlines),
+    not_null(columns := (_batch_id, _record_no, _ingested_at, carrier)),
+    unique_combination_of_columns(columns := (_batch_id, _record_no))
+  )
+);
+
+SELECT
+  @typed_columns((carrier, 'text'), (name, 'text')),
+  _batch_id,
+  _record_no,
+  _ingested_at,
+  _source_uri,
+  _data_category,
+  _consent,
+  _region,
+  _retention_until,
+  _owner
+FROM raw.airlines
+WHERE
+  _batch_id IN (
+    SELECT
+      b.batch_id
+    FROM meta.ingest_batches AS b
+    WHERE
+      b.status = 'loaded'
+  );
+
+@analyze_table(@this_model);

@@ -1,0 +1,46 @@
+MODEL (
+  name bronze.airports,
+  description 'Typed airport records from every loaded raw.airports batch, all versions kept. Small reference data: rebuilt whole.',
+  kind FULL,
+  grain (_batch_id, _record_no),
+  audits (
+    values_cast,
+    landed_rows_reach_bronze(source := raw.airports),
+    not_null(columns := (_batch_id, _record_no, _ingested_at, faa)),
+    unique_combination_of_columns(columns := (_batch_id, _record_no)),
+    accepted_range(column := lat, min_v := -90, max_v := 90),
+    accepted_range(column := lon, min_v := -180, max_v := 180)
+  )
+);
+
+SELECT
+  @typed_columns(
+      (faa, 'text'),
+      (name, 'text'),
+      (lat, 'double precision'),
+      (lon, 'double precision'),
+      (alt, 'double precision'),
+      (tz, 'double precision'),
+      (dst, 'text'),
+      (tzone, 'text')
+    ),
+  _batch_id,
+  _record_no,
+  _ingested_at,
+  _source_uri,
+  _data_category,
+  _consent,
+  _region,
+  _retention_until,
+  _owner
+FROM raw.airports
+WHERE
+  _batch_id IN (
+    SELECT
+      b.batch_id
+    FROM meta.ingest_batches AS b
+    WHERE
+      b.status = 'loaded'
+  );
+
+@analyze_table(@this_model);

@@ -1,0 +1,117 @@
+MODEL (
+  name bronze.flights,
+  description 'Typed flights from every loaded raw.flights batch: one row per landed record, all versions kept. Casts cannot fail silently: a present value that does not cast is listed in _cast_failures and fails the values_cast audit.',
+  kind INCREMENTAL_BY_TIME_RANGE (
+    time_column sched_dep_ts
+  ),
+  grain (_batch_id, _record_no),
+  audits (
+    values_cast,
+    landed_rows_reach_bronze(source := raw.flights),
+    not_null(columns := (_batch_id, _record_no, _ingested_at, year, month, day, carrier, flight, origin, sched_dep_time)),
+    unique_combination_of_columns(columns := (_batch_id, _record_no)),
+    accepted_range(column := month, min_v := 1, max_v := 12),
+    accepted_range(column := day, min_v := 1, max_v := 31),
+    valid_clock_times(columns := (sched_dep_time, sched_arr_time, dep_time, arr_time)),
+    scheduled_hour_matches_time_hour
+  ),
+  column_descriptions (
+    sched_dep_ts = 'Scheduled departure in UTC, from the local New York date and HHMM time; the time column.',
+    flight_date = 'Local (New York) date of the scheduled departure.',
+    _cast_failures = 'Comma-separated names of the columns whose present value did not cast; empty when all cast.'
+  )
+);
+
+WITH landed AS (
+  SELECT
+    r.*
+  FROM raw.flights AS r
+  WHERE
+    r._batch_id IN (
+      SELECT
+        b.batch_id
+      FROM meta.ingest_batches AS b
+      WHERE
+        b.status = 'loaded'
+    )
+), typed AS (
+  SELECT
+    @typed_columns(
+      (year, 'integer'),
+      (month, 'integer'),
+      (day, 'integer'),
+      (dep_time, 'integer'),
+      (sched_dep_time, 'integer'),
+      (dep_delay, 'double precision'),
+      (arr_time, 'integer'),
+      (sched_arr_time, 'integer'),
+      (arr_delay, 'double precision'),
+      (carrier, 'text'),
+      (flight, 'integer'),
+      (tailnum, 'text'),
+      (origin, 'text'),
+      (dest, 'text'),
+      (air_time, 'double precision'),
+      (distance, 'double precision'),
+      (hour, 'integer'),
+      (minute, 'integer'),
+      (time_hour, 'timestamptz')
+    ),
+    _batch_id,
+    _record_no,
+    _ingested_at,
+    _source_uri,
+    _data_category,
+    _consent,
+    _region,
+    _retention_until,
+    _owner
+  FROM landed
+), dated AS (
+  SELECT
+    typed.*,
+    CASE
+      WHEN PG_INPUT_IS_VALID(year || '-' || month || '-' || day, 'date')
+      THEN MAKE_DATE(year, month, day)
+    END::DATE AS flight_date
+  FROM typed
+)
+SELECT
+  year,
+  month,
+  day,
+  dep_time,
+  sched_dep_time,
+  dep_delay,
+  arr_time,
+  sched_arr_time,
+  arr_delay,
+  carrier,
+  flight,
+  tailnum,
+  origin,
+  dest,
+  air_time,
+  distance,
+  hour,
+  minute,
+  time_hour,
+  flight_date,
+  @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz)::TIMESTAMPTZ AS sched_dep_ts,
+  _cast_failures,
+  _batch_id,
+  _record_no,
+  _ingested_at,
+  _source_uri,
+  _data_category,
+  _consent,
+  _region,
+  _retention_until,
+  _owner
+FROM dated
+WHERE
+  @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz) BETWEEN @start_tstz AND @end_tstz;
+
+@create_index(@this_model, sched_dep_ts);
+@create_index(@this_model, _batch_id);
+@analyze_table(@this_model);

@@ -1,0 +1,48 @@
+MODEL (
+  name bronze.planes,
+  description 'Typed aircraft records from every loaded raw.planes batch, all versions kept. Small reference data: rebuilt whole.',
+  kind FULL,
+  grain (_batch_id, _record_no),
+  audits (
+    values_cast,
+    landed_rows_reach_bronze(source := raw.planes),
+    not_null(columns := (_batch_id, _record_no, _ingested_at, tailnum)),
+    unique_combination_of_columns(columns := (_batch_id, _record_no)),
+    accepted_range(column := year, min_v := 1900, max_v := 2100),
+    accepted_range(column := seats, min_v := 1, max_v := 1000),
+    accepted_range(column := engines, min_v := 0, max_v := 8)
+  )
+);
+
+SELECT
+  @typed_columns(
+      (tailnum, 'text'),
+      (year, 'integer'),
+      (type, 'text'),
+      (manufacturer, 'text'),
+      (model, 'text'),
+      (engines, 'integer'),
+      (seats, 'integer'),
+      (speed, 'double precision'),
+      (engine, 'text')
+    ),
+  _batch_id,
+  _record_no,
+  _ingested_at,
+  _source_uri,
+  _data_category,
+  _consent,
+  _region,
+  _retention_until,
+  _owner
+FROM raw.planes
+WHERE
+  _batch_id IN (
+    SELECT
+      b.batch_id
+    FROM meta.ingest_batches AS b
+    WHERE
+      b.status = 'loaded'
+  );
+
+@analyze_table(@this_model);

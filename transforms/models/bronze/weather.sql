@@ -1,0 +1,98 @@
+MODEL (
+  name bronze.weather,
+  description 'Typed hourly weather observations from every loaded raw.weather batch: one row per landed record, all versions kept.',
+  kind INCREMENTAL_BY_TIME_RANGE (
+    time_column time_hour
+  ),
+  grain (_batch_id, _record_no),
+  audits (
+    values_cast,
+    landed_rows_reach_bronze(source := raw.weather),
+    not_null(columns := (_batch_id, _record_no, _ingested_at, origin, time_hour)),
+    unique_combination_of_columns(columns := (_batch_id, _record_no)),
+    accepted_range(column := humid, min_v := 0, max_v := 100),
+    accepted_range(column := wind_dir, min_v := 0, max_v := 360),
+    accepted_range(column := wind_speed, min_v := 0),
+    accepted_range(column := precip, min_v := 0),
+    accepted_range(column := visib, min_v := 0)
+  ),
+  column_descriptions (
+    time_hour = 'Observation hour in UTC, as reported by the source; the time column.'
+  )
+);
+
+WITH landed AS (
+  SELECT
+    r.*
+  FROM raw.weather AS r
+  WHERE
+    r._batch_id IN (
+      SELECT
+        b.batch_id
+      FROM meta.ingest_batches AS b
+      WHERE
+        b.status = 'loaded'
+    )
+), typed AS (
+  SELECT
+    @typed_columns(
+      (origin, 'text'),
+      (year, 'integer'),
+      (month, 'integer'),
+      (day, 'integer'),
+      (hour, 'integer'),
+      (temp, 'double precision'),
+      (dewp, 'double precision'),
+      (humid, 'double precision'),
+      (wind_dir, 'double precision'),
+      (wind_speed, 'double precision'),
+      (wind_gust, 'double precision'),
+      (precip, 'double precision'),
+      (pressure, 'double precision'),
+      (visib, 'double precision'),
+      (time_hour, 'timestamptz')
+    ),
+    _batch_id,
+    _record_no,
+    _ingested_at,
+    _source_uri,
+    _data_category,
+    _consent,
+    _region,
+    _retention_until,
+    _owner
+  FROM landed
+)
+SELECT
+  origin,
+  year,
+  month,
+  day,
+  hour,
+  temp,
+  dewp,
+  humid,
+  wind_dir,
+  wind_speed,
+  wind_gust,
+  precip,
+  pressure,
+  visib,
+  time_hour,
+  _cast_failures,
+  _batch_id,
+  _record_no,
+  _ingested_at,
+  _source_uri,
+  _data_category,
+  _consent,
+  _region,
+  _retention_until,
+  _owner
+FROM typed
+WHERE
+  time_hour BETWEEN @start_tstz AND @end_tstz;
+
+@create_index(@this_model, time_hour);
+@create_index(@this_model, _batch_id);
+@analyze_table(@this_model);

@@ -1,0 +1,17 @@
+MODEL (
+  name silver.airport_timezones,
+  description 'Curated reference data kept with the code: IANA time zones of destination airports that the airports source lacks (needed to place arrivals in UTC).',
+  kind SEED (
+    path '../../seeds/airport_timezones.csv'
+  ),
+  columns (
+    faa TEXT,
+    tzone TEXT,
+    note TEXT
+  ),
+  grain faa,
+  audits (
+    not_null(columns := (faa, tzone)),
+    unique_values(columns := (faa))
+  )
+)

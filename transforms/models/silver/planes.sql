@@ -1,0 +1,36 @@
+MODEL (
+  name silver.planes,
+  description 'Aircraft dimension: one row per tail number, the latest ingested version.',
+  kind FULL,
+  grain tailnum,
+  audits (
+    not_null(columns := (tailnum)),
+    unique_values(columns := (tailnum)),
+    number_of_rows(threshold := 1)
+  )
+);
+
+WITH versions AS (
+  SELECT
+    b.*,
+    ROW_NUMBER() OVER (PARTITION BY b.tailnum ORDER BY b._ingested_at DESC, b._batch_id DESC, b._record_no DESC) AS version_rank
+  FROM bronze.planes AS b
+)
+SELECT
+  tailnum,
+  year,
+  type,
+  manufacturer,
+  model,
+  engines,
+  seats,
+  speed,
+  engine,
+  _batch_id,
+  _record_no,
+  _ingested_at
+FROM versions
+WHERE
+  version_rank = 1;
+
+@analyze_table(@this_model);
