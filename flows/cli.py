@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import date
 
@@ -14,11 +15,12 @@ from flows.ingestion import BatchResult, FileRejected, ingest_file
 from flows.settings import Settings, load_settings
 from flows.sources import SourceError
 from flows.specs import SpecError
+from flows.transform import TransformFailed
 
 log = logging.getLogger("shardyard")
 
 # Errors a person can act on: printed as one clear message, exit status 1, no traceback.
-USER_ERRORS = (FileRejected, SourceError, SpecError, FileNotFoundError)
+USER_ERRORS = (FileRejected, SourceError, SpecError, FileNotFoundError, TransformFailed)
 
 STAGE_TITLES = {
     "ingest": "landing the sources into raw.* behind the contract gate",
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # pgserver's runtime dir
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -97,7 +97,10 @@ def transform_stage(
 
     with recorded(settings, "transform", dataset, run_id, parent_run_id) as summary:
         result = run_transform(settings, start=start, end=end, restate=restate)
-        summary["result"] = result.to_summary() if hasattr(result, "to_summary") else str(result)
+        summary["environment"] = result.environment
+        summary["models_evaluated"] = sorted(result.models_evaluated)
+        summary["intervals_evaluated"] = len(result.evaluations)
+        summary["audits_passed"] = sum(e.audits_passed for e in result.evaluations)
         summary["row_counts"] = layer_row_counts(settings)
     return summary
 
@@ -117,7 +120,10 @@ def shard_stage(
     if spec.publish is None:
         raise SpecError(f"dataset {dataset!r} has no publish section")
     with recorded(settings, "shard", dataset, run_id, parent_run_id) as summary:
-        result = publish_dataset(settings, spec.publish, lineage=gold_lineage(settings))
+        lineage = gold_lineage(settings)
+        # Read gold from the settings' SQLMesh environment (gold__dev in dev, gold in prod).
+        publish = spec.publish.model_copy(update={"source": lineage["relation"]})
+        result = publish_dataset(settings, publish, lineage=lineage)
         summary["published"] = {
             "name": result.name,
             "version": result.version,
