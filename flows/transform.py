@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class TransformFailed(RuntimeError):
     def __init__(self, message: str, *, model: str | None = None) -> None:
         super().__init__(message)
         self.model = model
+        # What ran before the failure; filled in by run_transform.
+        self.result: TransformResult | None = None
 
 
 class AuditFailed(TransformFailed):
@@ -215,11 +218,14 @@ def sqlmesh_context(settings: Settings, console: Console | None = None) -> Conte
 
 @contextmanager
 def _using_console(console: Console) -> Iterator[None]:
-    """SQLMesh reads its console from a module global when a context is made."""
+    """SQLMesh reads its console from a module global when a context is made. Also silences
+    a SyntaxWarning SQLMesh's own @IF evaluation of built-in audits emits (not ours to fix)."""
     previous = get_console()
     set_console(console)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", '"is not" with a literal', SyntaxWarning)
+            yield
     finally:
         set_console(previous)
 
@@ -343,6 +349,9 @@ def run_transform(
                     context, environment, _day(start), _day(end), restate, console, result
                 )
             _run_due_intervals(context, environment, console)
+        except TransformFailed as failure:
+            failure.result = result
+            raise
         finally:
             result.evaluations = list(console.evaluations)
             context.close()

