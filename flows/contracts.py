@@ -122,24 +122,13 @@ def column_checks(name: str, rules: Column) -> list[Check]:
                 f"value does not parse as {rules.type}",
             )
         )
-    if rules.min is not None:
-        checks.append(
-            Check(
-                "min",
-                name,
-                sql.SQL("{} AND {} < {}").format(present, _number(col), sql.Literal(rules.min)),
-                f"value below {rules.min:g}",
+    bounds = [("min", "<", rules.min, "below"), ("max", ">", rules.max, "above")]
+    for rule, operator, bound, word in bounds:
+        if bound is not None:
+            failing = sql.SQL("{} AND {} {} {}").format(
+                present, _number(col), sql.SQL(operator), sql.Literal(bound)
             )
-        )
-    if rules.max is not None:
-        checks.append(
-            Check(
-                "max",
-                name,
-                sql.SQL("{} AND {} > {}").format(present, _number(col), sql.Literal(rules.max)),
-                f"value above {rules.max:g}",
-            )
-        )
+            checks.append(Check(rule, name, failing, f"value {word} {bound:g}"))
     if rules.accepted is not None:
         checks.append(
             Check(
