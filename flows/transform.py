@@ -10,10 +10,11 @@ How a run works, in order:
    dev and staging are virtual environments). Changes SQLMesh cannot categorize are treated as
    breaking, so a non-interactive plan never stops on a prompt. A new snapshot is backfilled.
 3. Find raw batches that landed (``meta.ingest_batches``, status ``loaded``) but are in no
-   bronze table yet, and restate exactly the intervals they touch: the UTC days of their
-   events in bronze and silver, and in gold those days plus the days whose windowed features
-   can see them (``FLIGHT_CHANGE_REACH``, ``WEATHER_CHANGE_REACH``). A new reference batch
-   (planes, airports, airlines) restates everything downstream of it.
+   bronze table yet, or that bronze holds but are no longer loaded (withdrawn), and restate
+   exactly the intervals they touch: the UTC days of their events in bronze and silver, and
+   in gold those days plus the days whose windowed features can see them
+   (``FLIGHT_CHANGE_REACH``, ``WEATHER_CHANGE_REACH``). A reference batch (planes, airports,
+   airlines) restates everything downstream of it.
 4. Backfill or restate a date range given by the caller.
 5. Run the intervals that are due by the models' cron.
 
@@ -43,7 +44,7 @@ from sqlmesh.core.config.common import TableNamingConvention
 from sqlmesh.core.config.connection import PostgresConnectionConfig
 from sqlmesh.core.console import Console, NoopConsole, get_console, set_console
 from sqlmesh.core.environment import Environment
-from sqlmesh.core.plan import PlanBuilder
+from sqlmesh.core.plan import Plan, PlanBuilder
 from sqlmesh.core.scheduler import CompletionStatus
 from sqlmesh.core.snapshot import Snapshot, SnapshotChangeCategory
 from sqlmesh.utils.concurrency import NodeExecutionFailedError
@@ -84,8 +85,9 @@ class TransformFailed(RuntimeError):
         self.result: TransformResult | None = None
 
 
-class AuditFailed(TransformFailed):
-    """A blocking audit found failing rows: the gate closed on ``model``."""
+class AuditFailed(TransformFailed, ValueError):
+    """A blocking audit found failing rows: the gate closed on ``model``. Bad data, so a
+    ``ValueError`` as well: retrying cannot help (``flows.retries``)."""
 
     def __init__(self, audit: str, model: str, failing_rows: int, *, others: int = 0) -> None:
         more = f" (and {others} more failed audit(s))" if others else ""
@@ -95,6 +97,10 @@ class AuditFailed(TransformFailed):
         )
         self.audit = audit
         self.failing_rows = failing_rows
+
+
+class RawDataRejected(TransformFailed, ValueError):
+    """Landed raw rows that no interval can hold (no valid event date, or before the start)."""
 
 
 @dataclass(frozen=True)
@@ -309,7 +315,9 @@ def _failure_from(console: RecordingConsole, fallback: str) -> TransformFailed:
         return AuditFailed(first.audit_name, model, first.count, others=len(audit_errors) - 1)
     if other:
         model, cause = other[0]
-        return TransformFailed(f"model {model} failed: {cause}", model=model)
+        failure = TransformFailed(f"model {model} failed: {cause}", model=model)
+        failure.__cause__ = cause  # a dropped connection stays recognisable as transient
+        return failure
     return TransformFailed(fallback)
 
 
@@ -340,6 +348,7 @@ def run_transform(
     console = RecordingConsole(progress)
     result = TransformResult(environment=environment)
     with transform_lock(settings), _using_console(console):
+        _require_raw_landing(settings)
         context = sqlmesh_context(settings, console)
         try:
             _plan_and_apply(context, environment, console)
@@ -356,6 +365,20 @@ def run_transform(
             result.evaluations = list(console.evaluations)
             context.close()
     return result
+
+
+def _require_raw_landing(settings: Settings) -> None:
+    """Bronze reads every raw table and the batch log: say so plainly when one is missing."""
+    with psycopg.connect(database_url(settings)) as conn:
+        missing = [
+            f"{schema}.{name}"
+            for schema, name in [("meta", "ingest_batches"), *(("raw", t) for t in _RAW_TABLES)]
+            if not _relation_exists(conn, schema, name)
+        ]
+    if missing:
+        raise TransformFailed(
+            f"nothing to transform yet: {', '.join(missing)} missing; ingest the dataset first"
+        )
 
 
 @contextmanager
@@ -390,9 +413,23 @@ def _plan_and_apply(
     try:
         context.apply(plan)
     except (SQLMeshError, NodeExecutionFailedError) as error:
-        raise _failure_from(console, f"plan for {environment} failed: {error}") from error
+        _keep_failed_restatement_due(context, plan)
+        failure = _failure_from(console, f"plan for {environment} failed: {error}")
+        raise failure from failure.__cause__ or error
     if console.failures:
+        _keep_failed_restatement_due(context, plan)
         raise _failure_from(console, f"plan for {environment} failed")
+
+
+def _keep_failed_restatement_due(context: Context, plan: Plan) -> None:
+    """A restatement recomputes intervals that state already counts as done; if it fails (an
+    audit, say), SQLMesh leaves them counted as done, with the audited rows in place, and the
+    next run would not look at them again. Clearing them keeps the gate closed: every later
+    run re-evaluates (and re-audits) them until the data is fixed."""
+    if plan.restatements:
+        context.state_sync.remove_intervals(
+            [(plan.snapshots[sid], interval) for sid, interval in plan.restatements.items()]
+        )
 
 
 def _categorize_remaining_as_breaking(builder: PlanBuilder) -> None:
@@ -453,53 +490,72 @@ def _restate(
 ) -> None:
     """Restate ``models`` (and, through SQLMesh, everything downstream) over ``[start, end)``;
     then gold over the following ``gold_reach`` days its windowed features look back into."""
-    now = datetime.now(UTC)
+    today = _utc_midnight(datetime.now(UTC).date())
     if start is not None and end is not None:
-        end = min(end, _utc_midnight(now.date()))
+        end = min(end, today)
         if end <= start:
             return
-    _plan_and_apply(
-        context,
-        environment,
-        console,
-        restate_models=models,
-        start=start,
-        end=end - timedelta(microseconds=1) if end else None,
-    )
+    reach_end = min(end + gold_reach, today) if gold_reach and end is not None else None
+    try:
+        _plan_and_apply(
+            context,
+            environment,
+            console,
+            restate_models=models,
+            start=start,
+            end=end - timedelta(microseconds=1) if end else None,
+        )
+    except TransformFailed:
+        if end is not None and reach_end is not None and reach_end > end:
+            # not restated now: leave gold's reach due, so a later run recomputes it
+            _clear_intervals(context, GOLD_MODEL, end, reach_end)
+        raise
     result.restatements.append(Restatement(tuple(models), start, end, reason))
-    if gold_reach and end is not None:
-        reach_end = min(end + gold_reach, _utc_midnight(now.date()))
-        if reach_end > end:
-            _plan_and_apply(
-                context,
-                environment,
-                console,
-                restate_models=[GOLD_MODEL],
-                start=end,
-                end=reach_end - timedelta(microseconds=1),
-            )
-            result.restatements.append(
-                Restatement((GOLD_MODEL,), end, reach_end, f"{reason}: windowed features")
-            )
+    if end is not None and reach_end is not None and reach_end > end:
+        _plan_and_apply(
+            context,
+            environment,
+            console,
+            restate_models=[GOLD_MODEL],
+            start=end,
+            end=reach_end - timedelta(microseconds=1),
+        )
+        result.restatements.append(
+            Restatement((GOLD_MODEL,), end, reach_end, f"{reason}: windowed features")
+        )
 
 
-# --- raw batches not yet transformed ----------------------------------------------------------
+def _clear_intervals(context: Context, model: str, start: datetime, end: datetime) -> None:
+    """Mark ``[start, end)`` of ``model`` as not computed, so the next run computes it."""
+    snapshot = context.get_snapshot(model, raise_if_missing=True)
+    interval = (int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+    context.state_sync.remove_intervals([(snapshot, interval)])
+
+
+# --- raw batches the bronze tables do not reflect yet ------------------------------------------
 
 
 @dataclass(frozen=True)
 class PendingBatches:
-    """Loaded raw batches of one table that no bronze table holds yet, with the UTC day range
-    of their events (None for reference tables, which have no event time)."""
+    """Batches of one raw table whose rows bronze does not reflect: ``new`` ones (loaded, not
+    in bronze yet) and ``withdrawn`` ones (in bronze, no longer loaded: quarantined by setting
+    their status to ``rejected``, or deleted). For event tables, the UTC days their rows touch."""
 
     table: str
-    batch_ids: tuple[str, ...]
+    new: tuple[str, ...]
+    withdrawn: tuple[str, ...]
     first_day: date | None
     last_day: date | None
-    unplaceable_rows: int
+    unplaceable_rows: int = 0
+
+    @property
+    def batch_ids(self) -> tuple[str, ...]:
+        return self.new + self.withdrawn
 
 
-# raw table -> (bronze model, SQL giving the local event date or UTC event time from raw text)
-_EVENT_DAY_SQL = {
+# Event date of a raw row, from its text: the local (New York) date of a flight, which spans
+# two UTC days, and the UTC date of a weather observation.
+_RAW_EVENT_DAY = {
     "flights": sql.SQL(
         "CASE WHEN pg_input_is_valid(year || '-' || month || '-' || day, 'date') "
         "THEN (year || '-' || month || '-' || day)::date END"
@@ -509,26 +565,23 @@ _EVENT_DAY_SQL = {
         "THEN (time_hour::timestamptz AT TIME ZONE 'UTC')::date END"
     ),
 }
+_LOCAL_DATE_SPAN = {"flights": timedelta(days=1), "weather": timedelta(0)}
+_BRONZE_TIME_COLUMN = {"flights": "sched_dep_ts", "weather": "time_hour"}
 _REFERENCE_TABLES = ("planes", "airports", "airlines")
+_RAW_TABLES = (*_RAW_EVENT_DAY, *_REFERENCE_TABLES)
 
 
 def pending_batches(settings: Settings, environment: str) -> list[PendingBatches]:
-    """Loaded batches in ``raw.*`` that the environment's bronze tables do not hold yet."""
+    """Per raw table, the batches that bronze in ``environment`` does not reflect yet."""
     with psycopg.connect(database_url(settings)) as conn:
-        if not _relation_exists(conn, "meta", "ingest_batches"):
-            return []
         loaded = {
             row[0]
             for row in conn.execute(
                 "SELECT batch_id FROM meta.ingest_batches WHERE status = 'loaded'"
             )
         }
-        pending: list[PendingBatches] = []
-        for table in (*_EVENT_DAY_SQL, *_REFERENCE_TABLES):
-            found = _pending_for_table(conn, table, environment, loaded)
-            if found:
-                pending.append(found)
-        return pending
+        found = [_pending_for_table(conn, t, environment, loaded) for t in _RAW_TABLES]
+    return [pending for pending in found if pending is not None]
 
 
 def _pending_for_table(
@@ -536,36 +589,49 @@ def _pending_for_table(
 ) -> PendingBatches | None:
     if not _relation_exists(conn, "raw", table):
         return None
-    bronze_schema = _schema_for(environment, "bronze")
+    bronze = sql.Identifier(_schema_for(environment, "bronze"), table)
     seen: set[str] = set()
-    if _relation_exists(conn, bronze_schema, table):
-        seen = {
-            row[0]
-            for row in conn.execute(
-                sql.SQL("SELECT DISTINCT _batch_id FROM {}").format(
-                    sql.Identifier(bronze_schema, table)
-                )
-            )
-        }
-    candidates = sorted(loaded - seen)
-    if not candidates:
-        return None
+    if _relation_exists(conn, _schema_for(environment, "bronze"), table):
+        query = sql.SQL("SELECT DISTINCT _batch_id FROM {}").format(bronze)
+        seen = {row[0] for row in conn.execute(query)}
     raw = sql.Identifier("raw", table)
-    if table in _EVENT_DAY_SQL:
-        query = sql.SQL(
-            "SELECT array_agg(DISTINCT _batch_id), min(d), max(d),"
-            " count(*) FILTER (WHERE d IS NULL)"
-            " FROM (SELECT _batch_id, {} AS d FROM {} WHERE _batch_id = ANY(%s)) AS rows"
-        ).format(_EVENT_DAY_SQL[table], raw)
-    else:
-        query = sql.SQL(
-            "SELECT array_agg(DISTINCT _batch_id), NULL::date, NULL::date, 0"
-            " FROM {} WHERE _batch_id = ANY(%s)"
-        ).format(raw)
-    batch_ids, first_day, last_day, unplaceable = conn.execute(query, (candidates,)).fetchone()
-    if not batch_ids:
+    new_candidates = sorted(loaded - seen)
+    new: tuple[str, ...] = ()
+    if new_candidates:  # which of them are batches of this table
+        query = sql.SQL("SELECT DISTINCT _batch_id FROM {} WHERE _batch_id = ANY(%s)").format(raw)
+        new = tuple(sorted(row[0] for row in conn.execute(query, (new_candidates,))))
+    withdrawn = tuple(sorted(seen - loaded))
+    if not new and not withdrawn:
         return None
-    return PendingBatches(table, tuple(sorted(batch_ids)), first_day, last_day, unplaceable)
+    if table in _REFERENCE_TABLES:
+        return PendingBatches(table, new, withdrawn, None, None)
+    days: list[date] = []
+    unplaceable = 0
+    if new:
+        first, last, unplaceable = conn.execute(
+            sql.SQL(
+                "SELECT min(d), max(d), count(*) FILTER (WHERE d IS NULL)"
+                " FROM (SELECT {} AS d FROM {} WHERE _batch_id = ANY(%s)) AS batch_rows"
+            ).format(_RAW_EVENT_DAY[table], raw),
+            (list(new),),
+        ).fetchone()
+        if first is not None:
+            days += [first, last + _LOCAL_DATE_SPAN[table]]
+    if withdrawn:
+        utc_day = sql.SQL("({} AT TIME ZONE 'UTC')::date").format(
+            sql.Identifier(_BRONZE_TIME_COLUMN[table])
+        )
+        first, last = conn.execute(
+            sql.SQL("SELECT min({day}), max({day}) FROM {} WHERE _batch_id = ANY(%s)").format(
+                bronze, day=utc_day
+            ),
+            (list(withdrawn),),
+        ).fetchone()
+        if first is not None:
+            days += [first, last]
+    return PendingBatches(
+        table, new, withdrawn, min(days, default=None), max(days, default=None), unplaceable
+    )
 
 
 def _restate_pending_batches(
@@ -578,25 +644,24 @@ def _restate_pending_batches(
     for pending in pending_batches(settings, environment):
         result.pending_batches[pending.table] = list(pending.batch_ids)
         model = f"bronze.{pending.table}"
-        reason = f"new raw.{pending.table} batch(es) {', '.join(pending.batch_ids)}"
+        reason = f"raw.{pending.table} batch(es) {', '.join(pending.batch_ids)}"
         if pending.table in _REFERENCE_TABLES:
+            # Reference data has no event time: everything downstream is restated.
             _restate(context, environment, console, result, [model], None, None, reason=reason)
             continue
-        if pending.first_day is None or pending.last_day is None:
-            raise TransformFailed(
-                f"raw.{pending.table} batch(es) {', '.join(pending.batch_ids)}: "
-                f"{pending.unplaceable_rows} row(s) have no valid event date, "
-                "so no interval can hold them",
+        if pending.unplaceable_rows or pending.first_day is None or pending.last_day is None:
+            raise RawDataRejected(
+                f"raw.{pending.table} batch(es) {', '.join(pending.new)}: "
+                f"{pending.unplaceable_rows} row(s) have no valid event date, so no interval "
+                "can hold them; withdraw the batch (status 'rejected') and land a fixed one",
                 model=model,
             )
         if pending.first_day < TRANSFORM_START:
-            raise TransformFailed(
-                f"raw.{pending.table} batch(es) {', '.join(pending.batch_ids)} hold events from "
+            raise RawDataRejected(
+                f"raw.{pending.table} batch(es) {', '.join(pending.new)} hold events from "
                 f"{pending.first_day}, before the transform start {TRANSFORM_START}",
                 model=model,
             )
-        # A local (New York) date D spans UTC days D and D+1; UTC days map to themselves.
-        last_utc_day = pending.last_day + timedelta(days=1 if pending.table == "flights" else 0)
         reach = FLIGHT_CHANGE_REACH if pending.table == "flights" else WEATHER_CHANGE_REACH
         _restate(
             context,
@@ -605,7 +670,7 @@ def _restate_pending_batches(
             result,
             [model],
             _utc_midnight(pending.first_day),
-            _utc_midnight(last_utc_day + timedelta(days=1)),
+            _utc_midnight(pending.last_day + timedelta(days=1)),
             reason=reason,
             gold_reach=reach,
         )
@@ -704,7 +769,7 @@ def _bronze_batches(settings: Settings, environment: str) -> dict[str, list[str]
     schema = _schema_for(environment, "bronze")
     batches: dict[str, list[str]] = {}
     with psycopg.connect(database_url(settings)) as conn:
-        for table in (*_EVENT_DAY_SQL, *_REFERENCE_TABLES):
+        for table in _RAW_TABLES:
             if not _relation_exists(conn, schema, table):
                 continue
             rows = conn.execute(

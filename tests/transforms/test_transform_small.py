@@ -14,6 +14,7 @@ import pytest
 from flows.settings import Settings
 from flows.transform import (
     AuditFailed,
+    TransformFailed,
     TransformResult,
     gold_lineage,
     gold_relation,
@@ -298,10 +299,11 @@ def plant_batch(settings: Settings, batch_id: str, assignments: str) -> None:
         )
 
 
-def test_a_value_that_does_not_cast_fails_the_values_cast_audit_and_nothing_downstream_runs(
+def test_a_value_that_does_not_cast_fails_the_values_cast_audit_until_its_batch_is_withdrawn(
     copy_of_built: Settings,
 ) -> None:
     settings = copy_of_built
+    silver_before = table_checksum(settings, "silver.flights", "flight_id")
     gold_before = table_checksum(settings, GOLD, "example_id")
     plant_batch(settings, "planted-bad-delay", "dep_delay = 'two'")
 
@@ -314,6 +316,25 @@ def test_a_value_that_does_not_cast_fails_the_values_cast_audit_and_nothing_down
     assert "values_cast" in str(failure.value) and "bronze.flights" in str(failure.value)
     assert failure.value.result is not None
     assert not failure.value.result.models_evaluated & {"silver.flights", GOLD}
+    assert table_checksum(settings, GOLD, "example_id") == gold_before
+
+    # The interval stays due, so the gate stays closed on the next run...
+    with pytest.raises(AuditFailed):
+        run_transform(settings)
+    # ...until the batch is withdrawn from the batch log; then its days are recomputed without it.
+    query(
+        settings,
+        "UPDATE meta.ingest_batches SET status = 'rejected' "
+        "WHERE batch_id = 'planted-bad-delay' RETURNING 1",
+    )
+    result = run_transform(settings)
+
+    assert set(result.days("bronze.flights")) >= {date(2013, 1, 1)}
+    [(planted,)] = query(
+        settings, "SELECT count(*) FROM bronze.flights WHERE _batch_id = 'planted-bad-delay'"
+    )
+    assert planted == 0
+    assert table_checksum(settings, "silver.flights", "flight_id") == silver_before
     assert table_checksum(settings, GOLD, "example_id") == gold_before
 
 
@@ -337,3 +358,37 @@ def test_a_destination_without_a_time_zone_fails_the_silver_arrival_audit(
         1,
     )
     assert GOLD not in failure.value.result.models_evaluated
+
+
+def test_a_new_planes_batch_restates_everything_downstream_of_the_planes(
+    copy_of_built: Settings, tmp_path: Path
+) -> None:
+    settings = copy_of_built
+    [(tailnum, seats, examples)] = query(
+        settings,
+        f"SELECT tailnum, plane_seats, count(*) FROM {GOLD} WHERE plane_seats IS NOT NULL "
+        "GROUP BY tailnum, plane_seats ORDER BY count(*) DESC, tailnum LIMIT 1",
+    )
+    header, rows = read_table("planes")
+    refitted = [
+        [*row[: header.index("seats")], str(seats + 10), *row[header.index("seats") + 1 :]]
+        for row in rows
+        if row[header.index("tailnum")] == tailnum
+    ]
+    land(settings, {"planes": write_csv(tmp_path / "refit.csv", header, refitted)})
+
+    result = run_transform(settings)
+
+    assert {"bronze.planes", "silver.planes", GOLD} <= result.models_evaluated
+    assert "silver.flights" not in result.models_evaluated
+    assert query(
+        settings,
+        f"SELECT plane_seats, count(*) FROM {GOLD} WHERE tailnum = %s GROUP BY 1",
+        (tailnum,),
+    ) == [(seats + 10, examples)]
+    assert layer_row_counts(settings)["silver.planes"] == expected_counts()["silver.planes"]
+
+
+def test_transforming_before_anything_landed_says_what_is_missing(settings: Settings) -> None:
+    with pytest.raises(TransformFailed, match="raw.flights.*ingest the dataset first"):
+        run_transform(settings)
