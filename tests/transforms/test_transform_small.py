@@ -392,3 +392,28 @@ def test_a_new_planes_batch_restates_everything_downstream_of_the_planes(
 def test_transforming_before_anything_landed_says_what_is_missing(settings: Settings) -> None:
     with pytest.raises(TransformFailed, match="raw.flights.*ingest the dataset first"):
         run_transform(settings)
+
+
+def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
+    copy_of_built: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import flows.transform
+
+    settings = copy_of_built
+    project = tmp_path / "transforms"
+    shutil.copytree(flows.transform.TRANSFORMS_DIR, project)
+    weather = project / "models" / "silver" / "weather.sql"
+    weather.write_text(weather.read_text().replace("wind_speed <= 150", "wind_speed <= 20"))
+    monkeypatch.setattr(flows.transform, "TRANSFORMS_DIR", project)
+    [(windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
+    assert windy > 0
+
+    result = run_transform(settings)
+
+    assert {"silver.weather", GOLD} <= result.models_evaluated
+    assert "bronze.weather" not in result.models_evaluated  # unchanged upstream is reused
+    [(too_windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
+    assert too_windy == 0
+    assert run_transform(settings).evaluations == []
