@@ -251,7 +251,6 @@ class RecordingConsole(NoopConsole):
         super().__init__()
         self.evaluations: list[EvaluatedInterval] = []
         self.failures: list[NodeExecutionFailedError] = []
-        self.warnings: list[str] = []
         self._progress = progress
 
     def _say(self, message: str) -> None:
@@ -284,7 +283,6 @@ class RecordingConsole(NoopConsole):
         self.failures.extend(errors)
 
     def log_warning(self, short_message: str, long_message: str | None = None) -> None:
-        self.warnings.append(short_message)
         self._say(f"warning: {short_message}")
 
     def log_error(self, message: str, *args: Any, **kwargs: Any) -> None:
@@ -400,7 +398,7 @@ def _plan_and_apply(
     restate_models: Sequence[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
-) -> None:
+) -> Plan:
     builder = context.plan_builder(
         environment,
         skip_tests=True,
@@ -419,6 +417,7 @@ def _plan_and_apply(
     if console.failures:
         _keep_failed_restatement_due(context, plan)
         raise _failure_from(console, f"plan for {environment} failed")
+    return plan
 
 
 def _keep_failed_restatement_due(context: Context, plan: Plan) -> None:
@@ -497,7 +496,7 @@ def _restate(
             return
     reach_end = min(end + gold_reach, today) if gold_reach and end is not None else None
     try:
-        _plan_and_apply(
+        plan = _plan_and_apply(
             context,
             environment,
             console,
@@ -510,6 +509,11 @@ def _restate(
             # not restated now: leave gold's reach due, so a later run recomputes it
             _clear_intervals(context, GOLD_MODEL, end, reach_end)
         raise
+    if not plan.restatements:
+        # A virtual environment shares prod's tables for unchanged models; SQLMesh restates
+        # those only through prod (it warns), and this environment sees the result.
+        console.log_warning(f"{environment}: nothing restated for {reason}; restate in prod")
+        return
     result.restatements.append(Restatement(tuple(models), start, end, reason))
     if end is not None and reach_end is not None and reach_end > end:
         _plan_and_apply(
