@@ -1,9 +1,11 @@
-"""SQLMesh project config for the ``sqlmesh`` CLI (``sqlmesh -p transforms plan``).
+"""SQLMesh project config for the ``sqlmesh`` CLI: ``cd transforms && sqlmesh info`` (run it
+from here, so its ``logs/`` land in the ignored ``transforms/logs/``).
 
 The config is built from shardyard's settings (``SHARDYARD_*`` variables), exactly as
 ``flows.transform`` builds it for the pipeline: a PostgreSQL gateway on shardyard's database
 (embedded when ``SHARDYARD_DATABASE_URL`` is unset), SQLMesh state in the ``sqlmesh_state``
-schema of the same database. Pass ``SHARDYARD_ENV`` as the environment name to the CLI.
+schema of the same database. Pass ``SHARDYARD_ENV`` as the environment name to the CLI
+(``sqlmesh plan dev``); the pipeline itself plans and runs through ``flows.transform``.
 """
 
 from flows.settings import load_settings
