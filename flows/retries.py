@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import psycopg2
 
 THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "503"}
 
@@ -28,6 +29,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ValueError):
         return False
     if isinstance(error, psycopg.OperationalError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, psycopg2.OperationalError):  # SQLMesh talks to PostgreSQL via psycopg2
         return True
     try:
         from botocore.exceptions import (

@@ -1,4 +1,5 @@
 import psycopg
+import psycopg2
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from flows.contracts import GateReport, RuleResult
@@ -16,6 +17,7 @@ def _client_error(status: int, code: str) -> ClientError:
 
 def test_connection_faults_timeouts_throttling_and_5xx_are_transient() -> None:
     assert is_transient(psycopg.OperationalError("connection refused"))
+    assert is_transient(psycopg2.OperationalError("server closed the connection"))
     assert is_transient(ConnectionResetError())
     assert is_transient(TimeoutError())
     assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
