@@ -126,3 +126,24 @@ def unfiltered(evaluator: MacroEvaluator, model: exp.Expression) -> exp.Expressi
         from_clause = select.args.get("from_") or select.args.get("from")
         return from_clause.this.copy()
     return model
+
+
+# Provenance and governance columns every raw row carries (flows/landing.py), passed through
+# to bronze unchanged.
+PROVENANCE_COLUMNS = (
+    "_batch_id",
+    "_record_no",
+    "_ingested_at",
+    "_source_uri",
+    "_data_category",
+    "_consent",
+    "_region",
+    "_retention_until",
+    "_owner",
+)
+
+
+@macro()
+def provenance_columns(evaluator: MacroEvaluator) -> list[exp.Expression]:
+    """Project the raw provenance and governance columns: ``@provenance_columns()``."""
+    return [exp.column(name) for name in PROVENANCE_COLUMNS]

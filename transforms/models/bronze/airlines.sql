@@ -13,15 +13,7 @@ MODEL (
 
 SELECT
   @typed_columns((carrier, 'text'), (name, 'text')),
-  _batch_id,
-  _record_no,
-  _ingested_at,
-  _source_uri,
-  _data_category,
-  _consent,
-  _region,
-  _retention_until,
-  _owner
+  @provenance_columns()
 FROM raw.airlines
 WHERE
   _batch_id IN (

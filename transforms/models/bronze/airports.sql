@@ -24,15 +24,7 @@ SELECT
       (dst, 'text'),
       (tzone, 'text')
     ),
-  _batch_id,
-  _record_no,
-  _ingested_at,
-  _source_uri,
-  _data_category,
-  _consent,
-  _region,
-  _retention_until,
-  _owner
+  @provenance_columns()
 FROM raw.airports
 WHERE
   _batch_id IN (

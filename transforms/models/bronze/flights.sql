@@ -57,15 +57,7 @@ WITH landed AS (
       (minute, 'integer'),
       (time_hour, 'timestamptz')
     ),
-    _batch_id,
-    _record_no,
-    _ingested_at,
-    _source_uri,
-    _data_category,
-    _consent,
-    _region,
-    _retention_until,
-    _owner
+    @provenance_columns()
   FROM landed
 ), dated AS (
   SELECT
@@ -99,15 +91,7 @@ SELECT
   flight_date,
   @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz)::TIMESTAMPTZ AS sched_dep_ts,
   _cast_failures,
-  _batch_id,
-  _record_no,
-  _ingested_at,
-  _source_uri,
-  _data_category,
-  _consent,
-  _region,
-  _retention_until,
-  _owner
+  @provenance_columns()
 FROM dated
 WHERE
   @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz) BETWEEN @start_tstz AND @end_tstz;

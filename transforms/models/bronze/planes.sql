@@ -26,15 +26,7 @@ SELECT
       (speed, 'double precision'),
       (engine, 'text')
     ),
-  _batch_id,
-  _record_no,
-  _ingested_at,
-  _source_uri,
-  _data_category,
-  _consent,
-  _region,
-  _retention_until,
-  _owner
+  @provenance_columns()
 FROM raw.planes
 WHERE
   _batch_id IN (

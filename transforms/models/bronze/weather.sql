@@ -52,15 +52,7 @@ WITH landed AS (
       (visib, 'double precision'),
       (time_hour, 'timestamptz')
     ),
-    _batch_id,
-    _record_no,
-    _ingested_at,
-    _source_uri,
-    _data_category,
-    _consent,
-    _region,
-    _retention_until,
-    _owner
+    @provenance_columns()
   FROM landed
 )
 SELECT
@@ -80,15 +72,7 @@ SELECT
   visib,
   time_hour,
   _cast_failures,
-  _batch_id,
-  _record_no,
-  _ingested_at,
-  _source_uri,
-  _data_category,
-  _consent,
-  _region,
-  _retention_until,
-  _owner
+  @provenance_columns()
 FROM typed
 WHERE
   time_hour BETWEEN @start_tstz AND @end_tstz;
