@@ -4,6 +4,12 @@ The batch is checked in its own (not yet attached, not yet committed) table, so 
 batch is never visible downstream. All column rules are evaluated in one pass over the
 batch; the unique-key rule needs its own grouping query. Failing rules come back with a few
 sample rows (record number, file line and value) for the report a person reads.
+
+The pass is built for the common case, a clean batch. It parses each typed value once with
+a plain cast, which raises on the first value that does not parse; only then is the pass
+repeated with ``pg_input_is_valid``, which counts unparseable values instead of raising.
+Likewise the unique check groups rows by a 64-bit hash of the key, and only when two rows
+share a hash does it group by the key itself to count and show the duplicates.
 """
 
 from __future__ import annotations
@@ -93,8 +99,13 @@ class Check:
     detail: str
 
 
-def _is_missing(column: sql.Identifier) -> sql.Composable:
-    return sql.SQL("({c} IS NULL OR {c} = ANY(%(nulls)s::text[]))").format(c=column)
+def _missing(name: str, null_markers: list[str]) -> sql.Composable:
+    col = sql.Identifier(name)
+    missing = sql.SQL("{} IS NULL").format(col)
+    if null_markers:
+        markers = sql.SQL(", ").join(sql.Literal(m) for m in null_markers)
+        missing = sql.SQL("({} OR {} IN ({}))").format(missing, col, markers)
+    return missing
 
 
 def _number(column: sql.Identifier) -> sql.Composable:
@@ -103,13 +114,14 @@ def _number(column: sql.Identifier) -> sql.Composable:
     ).format(c=column)
 
 
-def column_checks(name: str, rules: Column) -> list[Check]:
+def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Check]:
     """The row-level checks one column's rules ask for."""
     col = sql.Identifier(name)
-    present = sql.SQL("NOT {}").format(_is_missing(col))
+    missing = _missing(name, null_markers)
+    present = sql.SQL("NOT {}").format(missing)
     checks = []
     if rules.not_null:
-        checks.append(Check("not_null", name, _is_missing(col), "value is missing"))
+        checks.append(Check("not_null", name, missing, "value is missing"))
     if rules.type in PG_TYPES:
         pg_type = PG_TYPES[rules.type]
         checks.append(
@@ -145,14 +157,12 @@ def _samples(
     conn: psycopg.Connection,
     batch: sql.Identifier,
     check: Check,
-    params: dict[str, Any],
     first_data_line: int,
 ) -> list[dict[str, Any]]:
     rows = conn.execute(
         sql.SQL("SELECT _record_no, {} FROM {} WHERE {} ORDER BY _record_no LIMIT {}").format(
             sql.Identifier(check.column), batch, check.condition, sql.Literal(SAMPLE_ROWS)
-        ),
-        params,
+        )
     ).fetchall()
     return [
         {"record": record, "line": record + first_data_line - 1, "value": value}
@@ -164,6 +174,15 @@ def _unique_key(
     conn: psycopg.Connection, batch: sql.Identifier, key: list[str], first_data_line: int
 ) -> RuleResult:
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    result = RuleResult("unique", ",".join(key), 0, f"duplicate key ({', '.join(key)})")
+    (shared_hashes,) = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM (SELECT FROM {} GROUP BY hash_record_extended(ROW({}), 0) "
+            "HAVING count(*) > 1) AS shared"
+        ).format(batch, columns)
+    ).fetchone()
+    if not shared_hashes:
+        return result
     failing, samples = conn.execute(
         sql.SQL(
             "SELECT coalesce(sum(n), 0)::bigint, "
@@ -172,24 +191,31 @@ def _unique_key(
             "GROUP BY {} HAVING count(*) > 1) AS duplicated"
         ).format(sql.Literal(SAMPLE_ROWS), batch, columns)
     ).fetchone()
-    return RuleResult(
-        "unique",
-        ",".join(key),
-        int(failing),
-        f"duplicate key ({', '.join(key)})",
-        [{"record": r, "line": r + first_data_line - 1} for r in (samples or [])],
+    result.failing = int(failing)
+    result.samples = [{"record": r, "line": r + first_data_line - 1} for r in (samples or [])]
+    return result
+
+
+def _out_of_range(value: sql.Composable, rules: Column) -> sql.Composable:
+    low = rules.min if rules.min is not None else float("-inf")
+    high = rules.max if rules.max is not None else float("inf")
+    return sql.SQL("{}::double precision NOT BETWEEN {} AND {}").format(
+        value, sql.Literal(low), sql.Literal(high)
     )
 
 
+def _not_accepted(name: str, rules: Column) -> sql.Composable:
+    accepted = sql.SQL(", ").join(sql.Literal(v) for v in rules.accepted or [])
+    return sql.SQL("{} NOT IN ({})").format(sql.Identifier(name), accepted)
+
+
 def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Composable:
-    """One CASE per column that is true when any of its rules fails: each value is parsed at
-    most twice, however many rules the column has. Details come later, for failing columns."""
+    """One CASE per column that is true when any of its rules fails, and never raises: a
+    value that does not parse counts as failing. Details come later, for failing columns."""
     col = sql.Identifier(name)
-    missing = sql.SQL("{} IS NULL").format(col)
-    if null_markers:
-        markers = sql.SQL(", ").join(sql.Literal(m) for m in null_markers)
-        missing = sql.SQL("({} OR {} IN ({}))").format(missing, col, markers)
-    branches = [sql.SQL("WHEN {} THEN {}").format(missing, sql.Literal(rules.not_null))]
+    branches = [
+        sql.SQL("WHEN {} THEN {}").format(_missing(name, null_markers), sql.Literal(rules.not_null))
+    ]
     if rules.type in PG_TYPES:
         branches.append(
             sql.SQL("WHEN NOT pg_input_is_valid({}, {}) THEN true").format(
@@ -197,27 +223,52 @@ def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Comp
             )
         )
     if rules.min is not None or rules.max is not None:
-        low = rules.min if rules.min is not None else float("-inf")
-        high = rules.max if rules.max is not None else float("inf")
-        branches.append(
-            sql.SQL("WHEN {}::double precision NOT BETWEEN {} AND {} THEN true").format(
-                col, sql.Literal(low), sql.Literal(high)
-            )
-        )
+        branches.append(sql.SQL("WHEN {} THEN true").format(_out_of_range(col, rules)))
     if rules.accepted is not None:
-        accepted = sql.SQL(", ").join(sql.Literal(v) for v in rules.accepted)
-        branches.append(sql.SQL("WHEN {} NOT IN ({}) THEN true").format(col, accepted))
+        branches.append(sql.SQL("WHEN {} THEN true").format(_not_accepted(name, rules)))
     return sql.SQL("CASE {} ELSE false END").format(sql.SQL(" ").join(branches))
 
 
+def column_fails(name: str, rules: Column, null_markers: list[str]) -> sql.Composable:
+    """Like :func:`column_is_bad`, at half the cost: each present value is parsed once, by a
+    cast that raises when the value does not parse as the column's type."""
+    col = sql.Identifier(name)
+    checks: list[sql.Composable] = []
+    if rules.type in PG_TYPES:
+        value = sql.SQL("{}::{}").format(col, sql.SQL(PG_TYPES[rules.type]))
+        if rules.min is not None or rules.max is not None:
+            checks.append(_out_of_range(value, rules))
+        else:
+            checks.append(sql.SQL("{} IS NULL").format(value))
+    if rules.accepted is not None:
+        checks.append(_not_accepted(name, rules))
+    present = sql.SQL(" OR ").join(checks) if checks else sql.SQL("false")
+    return sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(
+        _missing(name, null_markers), sql.Literal(rules.not_null), present
+    )
+
+
 def _count_failing(
-    conn: psycopg.Connection, batch: sql.Identifier, conditions: list[sql.Composable], params: dict
+    conn: psycopg.Connection, batch: sql.Identifier, conditions: list[sql.Composable]
 ) -> list[int]:
     counts = [sql.SQL("count(*) FILTER (WHERE {})").format(c) for c in conditions]
     row = conn.execute(
-        sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts), batch), params
+        sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts), batch)
     ).fetchone()
     return [int(n) for n in row]
+
+
+def _screen(conn: psycopg.Connection, batch: sql.Identifier, table: TableSpec) -> list[int]:
+    """Row count, then per column the number of rows failing any of its rules."""
+    markers = table.null_markers
+    names = list(table.columns)
+    try:
+        with conn.transaction():  # a savepoint: a value that does not parse aborts only this
+            flags = [column_fails(n, table.columns[n], markers) for n in names]
+            return _count_failing(conn, batch, [sql.SQL("true"), *flags])
+    except psycopg.errors.DataError:
+        flags = [column_is_bad(n, table.columns[n], markers) for n in names]
+        return _count_failing(conn, batch, [sql.SQL("true"), *flags])
 
 
 def evaluate(
@@ -233,10 +284,8 @@ def evaluate(
     per-rule pass for counts and sample rows.
     """
     conn.execute("SET LOCAL work_mem = '256MB'")
-    params = {"nulls": table.null_markers}
     names = list(table.columns)
-    flags = [column_is_bad(n, table.columns[n], table.null_markers) for n in names]
-    rows, *bad_columns = _count_failing(conn, batch, [sql.SQL("true"), *flags], params)
+    rows, *bad_columns = _screen(conn, batch, table)
     results = [
         RuleResult(
             "min_rows",
@@ -246,12 +295,12 @@ def evaluate(
         )
     ]
     for name, bad in zip(names, bad_columns, strict=True):
-        checks = column_checks(name, table.columns[name])
-        counts = _count_failing(conn, batch, [c.condition for c in checks], params) if bad else []
+        checks = column_checks(name, table.columns[name], table.null_markers)
+        counts = _count_failing(conn, batch, [c.condition for c in checks]) if bad else []
         for index, check in enumerate(checks):
             result = RuleResult(check.rule, check.column, counts[index] if bad else 0, check.detail)
             if result.failing:
-                result.samples = _samples(conn, batch, check, params, first_data_line)
+                result.samples = _samples(conn, batch, check, first_data_line)
             results.append(result)
     results.extend(_unique_key(conn, batch, key, first_data_line) for key in table.unique)
     return rows, results

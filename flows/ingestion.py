@@ -177,7 +177,7 @@ def ingest_file(
             return outcome("skipped", 0)
         try:
             stream = open_copy_stream(source, table_spec)
-            part = landing.create_partition(conn, table, _stamp(spec, batch_id, source))
+            part = landing.create_partition(conn, table, batch_id)
             rows = landing.copy_batch(conn, part, stream, source.uri, progress)
             rows, results = evaluate(conn, part, table_spec, first_data_line=stream.first_data_line)
         except FileRejected as error:
@@ -195,6 +195,7 @@ def ingest_file(
             record("rejected", rows, str(violation), report_uri)
             conn.commit()
             raise violation
+        landing.stamp_partition(conn, table, _stamp(spec, batch_id, source))
         landing.finish_partition(conn, table, part, batch_id)
         record("loaded", rows, None, report_uri)
         conn.commit()

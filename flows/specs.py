@@ -43,6 +43,15 @@ class Column(BaseModel):
     max: float | None = None
     accepted: list[str] | None = None
 
+    @model_validator(mode="after")
+    def _bounds_need_numbers(self) -> Column:
+        if (self.min is not None or self.max is not None) and self.type not in (
+            "integer",
+            "number",
+        ):
+            raise ValueError(f"min and max apply to integer and number columns, not {self.type}")
+        return self
+
 
 class TableSpec(BaseModel):
     """One raw table: its source file drop and its data contract."""

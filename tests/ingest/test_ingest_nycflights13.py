@@ -67,3 +67,29 @@ def test_landed_rows_keep_values_as_received_with_provenance_and_governance(
         True,
     )
     assert numbers == (1, 26_115, 1)
+
+
+def test_a_batch_keeps_its_constant_columns_once_in_the_catalog_not_in_every_row(
+    settings: Settings,
+) -> None:
+    [batch] = ingest_dataset(settings, "flights", tables=["airlines"])
+    partition = f"raw.airlines__{batch.batch_id}"
+    with psycopg.connect(settings.database_url) as conn:
+        stamped = conn.execute(
+            "SELECT attname, atthasmissing, pg_get_expr(adbin, adrelid) FROM pg_attribute "
+            "LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum "
+            "WHERE attrelid = %s::regclass AND attname IN ('_batch_id', '_source_uri', '_owner')"
+            "ORDER BY attname",
+            (partition,),
+        ).fetchall()
+        inserted = conn.execute(
+            "SELECT count(*) FROM raw.airlines WHERE _batch_id = %s AND _owner = %s",
+            (batch.batch_id, "ml-data-platform"),
+        ).fetchone()
+    # The value is kept in the catalog (atthasmissing) and no default is left behind.
+    assert stamped == [
+        ("_batch_id", True, None),
+        ("_owner", True, None),
+        ("_source_uri", True, None),
+    ]
+    assert inserted == (16,)

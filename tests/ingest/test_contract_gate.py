@@ -1,0 +1,83 @@
+"""The contract gate's quick pass (one cast per value, raising on the first value that does
+not parse) flags exactly the rows its careful pass (``pg_input_is_valid``) flags, and a batch
+with an unparseable value still gets the full report."""
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from flows.contracts import column_fails, column_is_bad
+from flows.ingestion import ContractViolation, ingest_file
+from flows.settings import Settings
+from flows.specs import Column, TableSpec
+
+EDGE_VALUES = [None, "NA", "", "0", "-0", " 7 ", "+7", "2400", "2401", "-1", "1e3", "12.0"]
+NUMBER_EDGES = EDGE_VALUES + ["NaN", "Infinity", "-Infinity", "2400.0000001", "1.5e2"]
+
+
+def _flagged(conn: psycopg.Connection, values: list[str | None], flag: sql.Composable) -> set:
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS batch (value text)")
+    conn.execute("TRUNCATE batch")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO batch VALUES (%s)", [(v,) for v in values])
+    query = sql.SQL("SELECT value FROM batch WHERE {}").format(flag)
+    return {value for (value,) in conn.execute(query)}
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        Column(type="integer", min=0, max=2400),
+        Column(type="integer", not_null=True, min=0),
+        Column(type="number", min=0, max=2400),
+        Column(type="number", not_null=True),
+        Column(type="text", not_null=True, accepted=["0", "7"]),
+    ],
+    ids=["int-range", "int-not-null-min", "number-range", "number-not-null", "text-accepted"],
+)
+def test_the_quick_pass_flags_the_same_rows_as_the_careful_pass(
+    rules: Column, database_url: str
+) -> None:
+    values = NUMBER_EDGES if rules.type == "number" else EDGE_VALUES
+    with psycopg.connect(database_url) as conn:
+        parseable = [
+            v
+            for v in values
+            if v in (None, "NA")
+            or rules.type == "text"
+            or conn.execute(
+                "SELECT pg_input_is_valid(%s, %s)",
+                (v, "bigint" if rules.type == "integer" else "double precision"),
+            ).fetchone()[0]
+        ]
+        careful = _flagged(conn, values, column_is_bad("value", rules, ["NA"]))
+        quick = _flagged(conn, parseable, column_fails("value", rules, ["NA"]))
+        unparseable = set(values) - set(parseable)
+        assert careful == quick | unparseable
+        if unparseable:
+            with pytest.raises(psycopg.errors.DataError):
+                _flagged(conn, values, column_fails("value", rules, ["NA"]))
+
+
+def test_an_unparseable_value_and_a_broken_range_are_both_reported(
+    settings: Settings, tmp_path: Path
+) -> None:
+    drop = tmp_path / "airports.csv"
+    drop.write_text(
+        "faa,name,lat,lon,alt,tz,dst,tzone\n"
+        "JFK,Kennedy,forty,-73.7,13,-5,A,America/New_York\n"
+        "LGA,La Guardia,40.7,-273.8,22,-5,A,America/New_York\n"
+    )
+    with pytest.raises(ContractViolation) as caught:
+        ingest_file(settings, "flights", "airports", str(drop))
+    report = json.loads(Path(caught.value.report_uri).read_text())
+    failures = {(r["rule"], r["column"], r["failing"]) for r in report["rules"] if not r["passed"]}
+    assert failures == {("type", "lat", 1), ("min", "lon", 1)}
+
+
+def test_min_and_max_are_refused_on_columns_that_are_not_numbers() -> None:
+    with pytest.raises(ValueError, match="min and max apply to integer and number columns"):
+        TableSpec(columns={"when": Column(type="timestamp", min=0)})
