@@ -15,7 +15,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -109,6 +110,15 @@ def _stamp(spec: DatasetSpec, batch_id: str, source: SourceFile) -> landing.Batc
     )
 
 
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[phase] = time.monotonic() - started
+
+
 def ingest_file(
     settings: Settings,
     dataset: str,
@@ -167,6 +177,8 @@ def ingest_file(
                 started_at=started_at,
                 finished_at=datetime.now(UTC),
                 duration_s=time.monotonic() - started,
+                copy_s=phases.get("copy"),
+                gate_s=phases.get("gate"),
             )
 
         landing.lock_table(conn, table)
@@ -175,11 +187,16 @@ def ingest_file(
             conn.rollback()
             log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
             return outcome("skipped", 0)
+        phases: dict[str, float] = {}
         try:
             stream = open_copy_stream(source, table_spec)
             part = landing.create_partition(conn, table, batch_id)
-            rows = landing.copy_batch(conn, part, stream, source.uri, progress)
-            rows, results = evaluate(conn, part, table_spec, first_data_line=stream.first_data_line)
+            with _timed(phases, "copy"):
+                rows = landing.copy_batch(conn, part, stream, source.uri, progress)
+            with _timed(phases, "gate"):
+                rows, results = evaluate(
+                    conn, part, table_spec, first_data_line=stream.first_data_line
+                )
         except FileRejected as error:
             conn.rollback()
             report = rejection_report(spec, table, batch_id, source, error)

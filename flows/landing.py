@@ -106,6 +106,13 @@ def ensure_meta(conn: psycopg.Connection) -> None:
             """
         ).format(sql.Identifier(META))
     )
+    # Where a batch's time went: streaming it in, and the contract gate.
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {}.ingest_batches ADD COLUMN IF NOT EXISTS copy_s double precision, "
+            "ADD COLUMN IF NOT EXISTS gate_s double precision"
+        ).format(sql.Identifier(META))
+    )
     conn.execute(
         sql.SQL(
             "CREATE UNIQUE INDEX IF NOT EXISTS ingest_batches_loaded_once "

@@ -30,11 +30,11 @@ def test_all_five_tables_land_with_exact_row_counts_and_a_second_ingest_adds_not
             count = conn.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0]
             assert count == rows, table
         loaded = conn.execute(
-            "SELECT table_name, rows, bytes > 0, length(sha256) FROM meta.ingest_batches "
-            "WHERE status = 'loaded' ORDER BY table_name"
+            "SELECT table_name, rows, bytes > 0, length(sha256), copy_s > 0 AND gate_s > 0 "
+            "FROM meta.ingest_batches WHERE status = 'loaded' ORDER BY table_name"
         ).fetchall()
-    assert {t: (n, has_bytes, sha_len) for t, n, has_bytes, sha_len in loaded} == {
-        t: (n, True, 64) for t, n in EXPECTED_ROWS.items()
+    assert {t: (n, has_bytes, sha_len, timed) for t, n, has_bytes, sha_len, timed in loaded} == {
+        t: (n, True, 64, True) for t, n in EXPECTED_ROWS.items()
     }
 
 
