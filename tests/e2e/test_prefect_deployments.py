@@ -1,5 +1,6 @@
 """End to end, the way an operator runs it: a real Prefect server, a process work pool and a
-worker, `prefect deploy --all` from prefect.yaml and `prefect deployment run ... --watch`."""
+worker, `prefect deploy --all` from prefect.yaml and `prefect deployment run ... --watch`,
+then a backfill of one month, twice, as the README shows it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import psycopg
 from prefect.client.orchestration import get_client
+from psycopg import sql
 
 from flows.settings import Settings
+from flows.transform import gold_relation
 from shards.storage import open_storage
 
 from .conftest import PrefectServer
@@ -25,7 +28,21 @@ async def _flow_runs(api_url: str) -> list:
     return [(flows[r.flow_id], r) for r in runs]
 
 
-def test_deployment_run_from_the_cli_publishes_with_one_flow_run_per_stage(
+def _gold_checksum(settings: Settings) -> tuple[int, str]:
+    """Gold's row count and a checksum of all its rows, independent of their order."""
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(
+            sql.SQL(
+                "SELECT count(*), md5(string_agg(md5(g::text), '' ORDER BY md5(g::text))) "
+                "FROM {} AS g"
+            ).format(sql.Identifier(*gold_relation(settings)))
+        ).fetchone()
+
+
+BACKFILL_MARCH = ("-p", "start=2013-03-01", "-p", "end=2013-03-31", "-p", "restate=true")
+
+
+def test_deployment_runs_from_the_cli_publish_and_backfill_idempotently(
     settings: Settings, prefect_server: PrefectServer, process_worker: str, tmp_path: Path
 ) -> None:
     env = prefect_server.env
@@ -65,3 +82,24 @@ def test_deployment_run_from_the_cli_publishes_with_one_flow_run_per_stage(
         assert conn.execute("SELECT count(*) FROM raw.flights").fetchone()[0] == 336_776
     assert stages == [("ingest", "completed"), ("transform", "completed"), ("shard", "completed")]
     assert str(parent)
+
+    # A backfill of March, twice: it recomputes the month and changes nothing.
+    gold = _gold_checksum(settings)
+    for _ in range(2):
+        backfill = prefect_server.cli(
+            "deployment", "run", "pipeline/flights", *BACKFILL_MARCH, "--watch", timeout=1500
+        )
+        assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+    with psycopg.connect(settings.database_url) as conn:
+        transforms = conn.execute(
+            "SELECT (summary->>'intervals_evaluated')::int FROM meta.stage_runs "
+            "WHERE stage = 'transform' AND status = 'completed' ORDER BY id"
+        ).fetchall()
+        published = conn.execute(
+            "SELECT summary->'published'->>'version', summary->'published'->>'status' "
+            "FROM meta.stage_runs WHERE stage = 'shard' ORDER BY id"
+        ).fetchall()
+    assert len(transforms) == 3 and all(n > 0 for (n,) in transforms[1:])
+    assert published == [(version, "published"), (version, "exists"), (version, "exists")]
+    assert _gold_checksum(settings) == gold
+    assert storage.get_bytes("datasets/flights/LATEST").decode().strip() == version
