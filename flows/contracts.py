@@ -8,8 +8,9 @@ sample rows (record number, file line and value) for the report a person reads.
 The pass is built for the common case, a clean batch. It parses each typed value once with
 a plain cast, which raises on the first value that does not parse; only then is the pass
 repeated with ``pg_input_is_valid``, which counts unparseable values instead of raising.
-Likewise the unique check groups rows by a 64-bit hash of the key, and only when two rows
-share a hash does it group by the key itself to count and show the duplicates.
+Likewise the unique check builds (and drops) a unique index on a 64-bit hash of the key,
+which PostgreSQL sorts with parallel workers; only when two rows share a hash does it group
+by the key itself to count and show the duplicates.
 """
 
 from __future__ import annotations
@@ -170,18 +171,30 @@ def _samples(
     ]
 
 
+def _key_hashes_are_distinct(
+    conn: psycopg.Connection, batch: sql.Identifier, key: list[str]
+) -> bool:
+    """Whether no two rows share a 64-bit hash of the key: PostgreSQL builds a unique index
+    on the hash (sorting with parallel workers), inside a savepoint that is then rolled back,
+    so the index is gone again."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                sql.SQL("CREATE UNIQUE INDEX ON {} ((hash_record_extended(ROW({}), 0)))").format(
+                    batch, columns
+                )
+            )
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
 def _unique_key(
     conn: psycopg.Connection, batch: sql.Identifier, key: list[str], first_data_line: int
 ) -> RuleResult:
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
     result = RuleResult("unique", ",".join(key), 0, f"duplicate key ({', '.join(key)})")
-    (shared_hashes,) = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM (SELECT FROM {} GROUP BY hash_record_extended(ROW({}), 0) "
-            "HAVING count(*) > 1) AS shared"
-        ).format(batch, columns)
-    ).fetchone()
-    if not shared_hashes:
+    if _key_hashes_are_distinct(conn, batch, key):
         return result
     failing, samples = conn.execute(
         sql.SQL(
@@ -189,7 +202,9 @@ def _unique_key(
             "(array_agg(duplicate ORDER BY duplicate))[1:{}] "
             "FROM (SELECT count(*) AS n, max(_record_no) AS duplicate FROM {} "
             "GROUP BY {} HAVING count(*) > 1) AS duplicated"
-        ).format(sql.Literal(SAMPLE_ROWS), batch, columns)
+        ).format(
+            sql.Literal(SAMPLE_ROWS), batch, sql.SQL(", ").join(sql.Identifier(c) for c in key)
+        )
     ).fetchone()
     result.failing = int(failing)
     result.samples = [{"record": r, "line": r + first_data_line - 1} for r in (samples or [])]
@@ -284,6 +299,7 @@ def evaluate(
     per-rule pass for counts and sample rows.
     """
     conn.execute("SET LOCAL work_mem = '256MB'")
+    conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     names = list(table.columns)
     rows, *bad_columns = _screen(conn, batch, table)
     results = [
