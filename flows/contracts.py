@@ -2,7 +2,7 @@
 
 The batch is checked in its own (not yet attached, not yet committed) table, so a failing
 batch is never visible downstream. All column rules are evaluated in one pass over the
-batch; the unique-key rule needs its own grouping query. Failing rules come back with a few
+batch; each unique key needs a query of its own. Failing rules come back with a few
 sample rows (record number, file line and value) for the report a person reads.
 
 The pass is built for the common case, a clean batch. It parses each typed value once with
