@@ -32,10 +32,10 @@ STAGE_TITLES = {
 def _print_batches(results: list[BatchResult]) -> None:
     for r in results:
         verb = "landed" if r.status == "loaded" else "already landed, skipped"
-        print(
-            f"  raw.{r.table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  "
-            f"({r.duration_s:.1f}s)"
-        )
+        took = f"{r.duration_s:.1f}s"
+        if r.copy_s is not None and r.gate_s is not None:
+            took += f": COPY {r.copy_s:.1f}s, contract gate {r.gate_s:.1f}s"
+        print(f"  raw.{r.table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  ({took})")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -61,6 +61,8 @@ class BatchResult:
     status: str  # "loaded" or "skipped" (this content had landed before)
     report_uri: str | None
     duration_s: float
+    copy_s: float | None = None  # streaming the file in with COPY
+    gate_s: float | None = None  # the contract gate
 
 
 def batch_id_for(dataset: str, table: str, sha256: str) -> str:
@@ -145,6 +147,7 @@ def ingest_file(
         landing.ensure_meta(conn)
         landing.ensure_raw_table(conn, table, table_spec)
         conn.commit()
+        phases: dict[str, float] = {}
 
         def outcome(status: str, rows: int, report_uri: str | None = None) -> BatchResult:
             return BatchResult(
@@ -158,6 +161,8 @@ def ingest_file(
                 status,
                 report_uri,
                 time.monotonic() - started,
+                phases.get("copy"),
+                phases.get("gate"),
             )
 
         def record(status: str, rows: int | None, reason: str | None, report_uri: str | None):
@@ -187,7 +192,6 @@ def ingest_file(
             conn.rollback()
             log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
             return outcome("skipped", 0)
-        phases: dict[str, float] = {}
         try:
             stream = open_copy_stream(source, table_spec)
             part = landing.create_partition(conn, table, batch_id)
