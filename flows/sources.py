@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -89,11 +88,13 @@ def package_path(uri: str) -> Path:
     return Path(spec.origin).parent / relative
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(stream: BinaryIO, copy_to: BinaryIO | None = None) -> str:
+    """SHA-256 of everything the stream holds, block by block (copied on if asked)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(BLOCK_SIZE):
-            digest.update(block)
+    while block := stream.read(BLOCK_SIZE):
+        digest.update(block)
+        if copy_to is not None:
+            copy_to.write(block)
     return digest.hexdigest()
 
 
@@ -122,11 +123,13 @@ def fetch_source(uri: str, settings: Settings) -> Iterator[SourceFile]:
             local = Path(tmp) / key
             try:
                 with storage.open(key) as body, local.open("wb") as out:
-                    shutil.copyfileobj(body, out, BLOCK_SIZE)
+                    sha256 = sha256_of(body, copy_to=out)  # one pass: download and hash
             except ClientError as error:
                 raise SourceError(f"{uri}: cannot fetch ({error})") from error
-            yield SourceFile(uri, local, sha256_of(local), local.stat().st_size)
+            yield SourceFile(uri, local, sha256, local.stat().st_size)
         return
     path = _local_file(uri)
     canonical = uri if uri.startswith("package://") else str(path.resolve())
-    yield SourceFile(canonical, path, sha256_of(path), path.stat().st_size)
+    with path.open("rb") as handle:
+        sha256 = sha256_of(handle)
+    yield SourceFile(canonical, path, sha256, path.stat().st_size)

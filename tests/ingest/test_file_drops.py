@@ -1,5 +1,6 @@
 """Single file drops through `ingest_file`: formats, sources, idempotency, atomicity."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -117,7 +118,11 @@ def test_a_file_drop_is_read_from_s3(
     uri = f"s3://{s3_bucket}/drops/2013/airports.csv"
     result = ingest_file(Settings(), "flights", "airports", uri)
     assert (result.rows, result.source_uri) == (2, uri)
+    assert result.sha256 == hashlib.sha256(body).hexdigest()
     assert _rows(settings, "SELECT DISTINCT _source_uri FROM raw.airports") == [(uri,)]
+    # The same bytes from a local path are the same content: nothing lands twice.
+    again = ingest_file(Settings(), "flights", "airports", str(tmp_path / "airports.csv"))
+    assert (again.status, again.batch_id) == ("skipped", result.batch_id)
 
 
 def test_the_gate_report_is_written_for_every_batch(settings: Settings, tmp_path: Path) -> None:
