@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from datetime import date
+from functools import partial
 
 from flows import stages
 from flows.ingestion import BatchResult, FileRejected, ingest_file
@@ -38,9 +39,14 @@ def _print_batches(results: list[BatchResult]) -> None:
         print(f"  raw.{r.table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  ({took})")
 
 
+def _say(message: str) -> None:
+    """Progress of long work, on stderr so that stdout stays the result."""
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings()
-    result = ingest_file(settings, args.dataset, args.table, args.file)
+    result = ingest_file(settings, args.dataset, args.table, args.file, progress=_say)
     _print_batches([result])
     return 0
 
@@ -63,7 +69,9 @@ def run_stages(
     for number, stage in enumerate(chosen, start=1):
         print(f"{number}/{len(chosen)} {stage}: {STAGE_TITLES[stage]}", flush=True)
         if stage == "ingest":
-            summary = stages.ingest_stage(settings, dataset)
+            summary = stages.ingest_stage(
+                settings, dataset, land=partial(ingest_file, progress=_say)
+            )
             _print_batches([BatchResult(**b) for b in summary["batches"]])
         elif stage == "transform":
             summary = stages.transform_stage(settings, dataset, start, end, restate=restate)

