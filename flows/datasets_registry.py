@@ -14,7 +14,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-META = "meta"
+from flows.meta import META, ensure_meta_table
+
 TABLE = "datasets"
 
 
@@ -34,25 +35,21 @@ class DatasetRecord:
 
 
 def ensure_registry(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {} (
-                name text NOT NULL,
-                version text NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now(),
-                counts jsonb NOT NULL,
-                manifest_uri text NOT NULL,
-                dataset_uri text NOT NULL,
-                gold_fingerprint text NOT NULL,
-                code_version text NOT NULL,
-                lineage jsonb NOT NULL,
-                PRIMARY KEY (name, version)
-            )
-            """
-        ).format(sql.Identifier(META, TABLE))
+    ensure_meta_table(
+        conn,
+        TABLE,
+        """
+        name text NOT NULL,
+        version text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        counts jsonb NOT NULL,
+        manifest_uri text NOT NULL,
+        dataset_uri text NOT NULL,
+        gold_fingerprint text NOT NULL,
+        code_version text NOT NULL,
+        lineage jsonb NOT NULL,
+        PRIMARY KEY (name, version)
+        """,
     )
 
 

@@ -27,13 +27,13 @@ from datetime import date, datetime
 import psycopg
 from psycopg import sql
 
+from flows.meta import META, ensure_meta_table
 from flows.readers import CopyStream, FileRejected
 from flows.specs import TableSpec
 
 log = logging.getLogger(__name__)
 
 RAW = "raw"
-META = "meta"
 
 PROVENANCE_COLUMNS = {
     "_batch_id": "text NOT NULL",
@@ -81,30 +81,27 @@ def lock_table(conn: psycopg.Connection, table: str) -> None:
 
 
 def ensure_meta(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {}.ingest_batches (
-                id bigserial PRIMARY KEY,
-                batch_id text NOT NULL,
-                dataset text NOT NULL,
-                table_name text NOT NULL,
-                source_uri text NOT NULL,
-                sha256 text NOT NULL,
-                bytes bigint NOT NULL,
-                rows bigint,
-                run_id text,
-                status text NOT NULL CHECK (status IN ('loaded', 'rejected', 'failed')),
-                reason text,
-                report_uri text,
-                started_at timestamptz NOT NULL,
-                finished_at timestamptz NOT NULL,
-                duration_s double precision NOT NULL
-            )
-            """
-        ).format(sql.Identifier(META))
+    """The batch log, ``meta.ingest_batches``: every attempt to land a file."""
+    ensure_meta_table(
+        conn,
+        "ingest_batches",
+        """
+        id bigserial PRIMARY KEY,
+        batch_id text NOT NULL,
+        dataset text NOT NULL,
+        table_name text NOT NULL,
+        source_uri text NOT NULL,
+        sha256 text NOT NULL,
+        bytes bigint NOT NULL,
+        rows bigint,
+        run_id text,
+        status text NOT NULL CHECK (status IN ('loaded', 'rejected', 'failed')),
+        reason text,
+        report_uri text,
+        started_at timestamptz NOT NULL,
+        finished_at timestamptz NOT NULL,
+        duration_s double precision NOT NULL
+        """,
     )
     # Where a batch's time went: streaming it in, and the contract gate.
     conn.execute(

@@ -10,9 +10,8 @@ from typing import Any
 from psycopg import sql
 
 from flows.database import connect
+from flows.meta import META, ensure_meta_table
 from flows.settings import Settings
-
-META = "meta"
 
 
 def record_stage_run(
@@ -29,25 +28,21 @@ def record_stage_run(
 ) -> None:
     """One row in ``meta.stage_runs`` (created on first use)."""
     with connect(settings) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
-        conn.execute(
-            sql.SQL(
-                """
-                CREATE TABLE IF NOT EXISTS {}.stage_runs (
-                    id bigserial PRIMARY KEY,
-                    run_id text NOT NULL,
-                    parent_run_id text,
-                    stage text NOT NULL,
-                    dataset text NOT NULL,
-                    status text NOT NULL,
-                    started_at timestamptz NOT NULL,
-                    finished_at timestamptz NOT NULL,
-                    duration_s double precision NOT NULL,
-                    summary jsonb NOT NULL
-                )
-                """
-            ).format(sql.Identifier(META))
+        ensure_meta_table(
+            conn,
+            "stage_runs",
+            """
+            id bigserial PRIMARY KEY,
+            run_id text NOT NULL,
+            parent_run_id text,
+            stage text NOT NULL,
+            dataset text NOT NULL,
+            status text NOT NULL,
+            started_at timestamptz NOT NULL,
+            finished_at timestamptz NOT NULL,
+            duration_s double precision NOT NULL,
+            summary jsonb NOT NULL
+            """,
         )
         conn.execute(
             sql.SQL(
