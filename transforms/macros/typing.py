@@ -147,3 +147,11 @@ PROVENANCE_COLUMNS = (
 def provenance_columns(evaluator: MacroEvaluator) -> list[exp.Expression]:
     """Project the raw provenance and governance columns: ``@provenance_columns()``."""
     return [exp.column(name) for name in PROVENANCE_COLUMNS]
+
+
+@macro()
+def from_loaded_batch(evaluator: MacroEvaluator, batch_id: exp.Expression) -> exp.Expression:
+    """True for raw rows of a batch the ingest log lists as loaded:
+    ``WHERE @from_loaded_batch(_batch_id)``."""
+    loaded = exp.select("b.batch_id").from_("meta.ingest_batches AS b").where("b.status = 'loaded'")
+    return batch_id.isin(query=loaded)

@@ -16,12 +16,6 @@ SELECT
   @provenance_columns()
 FROM raw.airlines
 WHERE
-  _batch_id IN (
-    SELECT
-      b.batch_id
-    FROM meta.ingest_batches AS b
-    WHERE
-      b.status = 'loaded'
-  );
+  @from_loaded_batch(_batch_id);
 
 @analyze_table(@this_model);

@@ -27,13 +27,7 @@ WITH landed AS (
     r.*
   FROM raw.flights AS r
   WHERE
-    r._batch_id IN (
-      SELECT
-        b.batch_id
-      FROM meta.ingest_batches AS b
-      WHERE
-        b.status = 'loaded'
-    )
+    @from_loaded_batch(r._batch_id)
 ), typed AS (
   SELECT
     @typed_columns(
