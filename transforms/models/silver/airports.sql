@@ -13,7 +13,7 @@ MODEL (
 WITH versions AS (
   SELECT
     b.*,
-    ROW_NUMBER() OVER (PARTITION BY b.faa ORDER BY b._ingested_at DESC, b._batch_id DESC, b._record_no DESC) AS version_rank
+    @newest_version_rank(b.faa) AS version_rank
   FROM bronze.airports AS b
 ), latest AS (
   SELECT

@@ -29,10 +29,7 @@ MODEL (
 WITH versions AS (
   SELECT
     b.*,
-    ROW_NUMBER() OVER (
-      PARTITION BY b.flight_date, b.carrier, b.flight, b.origin, b.sched_dep_time
-      ORDER BY b._ingested_at DESC, b._batch_id DESC, b._record_no DESC
-    ) AS version_rank
+    @newest_version_rank(b.flight_date, b.carrier, b.flight, b.origin, b.sched_dep_time) AS version_rank
   FROM bronze.flights AS b
   WHERE
     b.sched_dep_ts BETWEEN @start_tstz AND @end_tstz

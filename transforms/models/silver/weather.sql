@@ -19,7 +19,7 @@ MODEL (
 WITH versions AS (
   SELECT
     b.*,
-    ROW_NUMBER() OVER (PARTITION BY b.origin, b.time_hour ORDER BY b._ingested_at DESC, b._batch_id DESC, b._record_no DESC) AS version_rank
+    @newest_version_rank(b.origin, b.time_hour) AS version_rank
   FROM bronze.weather AS b
   WHERE
     b.time_hour BETWEEN @start_tstz AND @end_tstz
