@@ -15,6 +15,7 @@ by the key itself to count and show the duplicates.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,10 +110,22 @@ def _missing(name: str, null_markers: list[str]) -> sql.Composable:
     return missing
 
 
-def _number(column: sql.Identifier) -> sql.Composable:
-    return sql.SQL(
-        "(CASE WHEN pg_input_is_valid({c}, 'double precision') THEN {c}::double precision END)"
-    ).format(c=column)
+def _parsed(name: str, rules: Column) -> sql.Composable:
+    """The column's value in its type, or NULL where it does not parse; never raises."""
+    pg_type = sql.SQL(PG_TYPES[rules.type])
+    return sql.SQL("(CASE WHEN pg_input_is_valid({c}, {t}) THEN {c}::{pg_type} END)").format(
+        c=sql.Identifier(name), t=sql.Literal(PG_TYPES[rules.type]), pg_type=pg_type
+    )
+
+
+def _bound(rules: Column, rule: str) -> sql.Composable:
+    """A min or max as a literal of the column's type: integer columns compare exactly, as
+    bigint (x >= 0.5 is x >= 1 for an integer x), never through a float."""
+    bound = rules.min if rule == "min" else rules.max
+    assert bound is not None
+    if rules.type == "integer":
+        return sql.Literal(math.ceil(bound) if rule == "min" else math.floor(bound))
+    return sql.Literal(float(bound))
 
 
 def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Check]:
@@ -139,7 +152,7 @@ def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Che
     for rule, operator, bound, word in bounds:
         if bound is not None:
             failing = sql.SQL("{} AND {} {} {}").format(
-                present, _number(col), sql.SQL(operator), sql.Literal(bound)
+                present, _parsed(name, rules), sql.SQL(operator), _bound(rules, rule)
             )
             checks.append(Check(rule, name, failing, f"value {word} {bound:g}"))
     if rules.accepted is not None:
@@ -212,11 +225,13 @@ def _unique_key(
 
 
 def _out_of_range(value: sql.Composable, rules: Column) -> sql.Composable:
-    low = rules.min if rules.min is not None else float("-inf")
-    high = rules.max if rules.max is not None else float("inf")
-    return sql.SQL("{}::double precision NOT BETWEEN {} AND {}").format(
-        value, sql.Literal(low), sql.Literal(high)
-    )
+    """True when a parsed value (already in the column's type) breaks its min or max."""
+    sides = [
+        sql.SQL("{} {} {}").format(value, sql.SQL(operator), _bound(rules, rule))
+        for rule, operator, bound in (("min", "<", rules.min), ("max", ">", rules.max))
+        if bound is not None
+    ]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(sides))
 
 
 def _not_accepted(name: str, rules: Column) -> sql.Composable:
@@ -238,7 +253,8 @@ def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Comp
             )
         )
     if rules.min is not None or rules.max is not None:
-        branches.append(sql.SQL("WHEN {} THEN true").format(_out_of_range(col, rules)))
+        value = sql.SQL("{}::{}").format(col, sql.SQL(PG_TYPES[rules.type]))
+        branches.append(sql.SQL("WHEN {} THEN true").format(_out_of_range(value, rules)))
     if rules.accepted is not None:
         branches.append(sql.SQL("WHEN {} THEN true").format(_not_accepted(name, rules)))
     return sql.SQL("CASE {} ELSE false END").format(sql.SQL(" ").join(branches))

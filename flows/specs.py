@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from shards.definition import PublishSpec
 
@@ -39,8 +39,9 @@ class Column(BaseModel):
 
     type: ColumnType = "text"
     not_null: bool = False
-    min: float | None = None
-    max: float | None = None
+    # Integers stay integers (exact comparisons, also past 2**53); no NaN or infinite bounds.
+    min: int | FiniteFloat | None = None
+    max: int | FiniteFloat | None = None
     accepted: list[str] | None = None
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.contracts import column_fails, column_is_bad
+from flows.contracts import column_checks, column_fails, column_is_bad
 from flows.ingestion import ContractViolation, ingest_file
 from flows.settings import Settings
 from flows.specs import Column, TableSpec
@@ -62,6 +62,19 @@ def test_the_quick_pass_flags_the_same_rows_as_the_careful_pass(
                 _flagged(conn, values, column_fails("value", rules, ["NA"]))
 
 
+def test_integer_bounds_compare_exactly_past_the_precision_of_a_float(database_url: str) -> None:
+    rules = Column(type="integer", min=0.5, max=2**53)
+    values = ["0", "1", str(2**53), str(2**53 + 1)]
+    flagged = {"0", str(2**53 + 1)}
+    with psycopg.connect(database_url) as conn:
+        assert _flagged(conn, values, column_fails("value", rules, [])) == flagged
+        assert _flagged(conn, values, column_is_bad("value", rules, [])) == flagged
+        by_rule = {
+            c.rule: _flagged(conn, values, c.condition) for c in column_checks("value", rules, [])
+        }
+    assert by_rule == {"type": set(), "min": {"0"}, "max": {str(2**53 + 1)}}
+
+
 def test_an_unparseable_value_and_a_broken_range_are_both_reported(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -81,3 +94,9 @@ def test_an_unparseable_value_and_a_broken_range_are_both_reported(
 def test_min_and_max_are_refused_on_columns_that_are_not_numbers() -> None:
     with pytest.raises(ValueError, match="min and max apply to integer and number columns"):
         TableSpec(columns={"when": Column(type="timestamp", min=0)})
+
+
+@pytest.mark.parametrize("bound", [float("inf"), float("-inf"), float("nan")])
+def test_bounds_must_be_finite_numbers(bound: float) -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        Column(type="number", max=bound)
