@@ -110,22 +110,36 @@ def _missing(name: str, null_markers: list[str]) -> sql.Composable:
     return missing
 
 
+def _cast(name: str, rules: Column) -> sql.Composable:
+    """The column's value in its type; raises where it does not parse."""
+    return sql.SQL("{}::{}").format(sql.Identifier(name), sql.SQL(PG_TYPES[rules.type]))
+
+
 def _parsed(name: str, rules: Column) -> sql.Composable:
     """The column's value in its type, or NULL where it does not parse; never raises."""
-    pg_type = sql.SQL(PG_TYPES[rules.type])
-    return sql.SQL("(CASE WHEN pg_input_is_valid({c}, {t}) THEN {c}::{pg_type} END)").format(
-        c=sql.Identifier(name), t=sql.Literal(PG_TYPES[rules.type]), pg_type=pg_type
+    return sql.SQL("(CASE WHEN pg_input_is_valid({}, {}) THEN {} END)").format(
+        sql.Identifier(name), sql.Literal(PG_TYPES[rules.type]), _cast(name, rules)
     )
 
 
-def _bound(rules: Column, rule: str) -> sql.Composable:
-    """A min or max as a literal of the column's type: integer columns compare exactly, as
-    bigint (x >= 0.5 is x >= 1 for an integer x), never through a float."""
-    bound = rules.min if rule == "min" else rules.max
+BOUNDS = {"min": ("<", "below"), "max": (">", "above")}
+
+
+def _bound_value(rules: Column, rule: str) -> int | float | None:
+    return rules.min if rule == "min" else rules.max
+
+
+def _breaks(value: sql.Composable, rules: Column, rule: str) -> sql.Composable:
+    """True when a parsed value breaks the column's min or max. The bound is a literal of
+    the column's type: integer columns compare exactly, as bigint (x >= 0.5 is x >= 1 for
+    an integer x), never through a float."""
+    bound = _bound_value(rules, rule)
     assert bound is not None
     if rules.type == "integer":
-        return sql.Literal(math.ceil(bound) if rule == "min" else math.floor(bound))
-    return sql.Literal(float(bound))
+        literal = sql.Literal(math.ceil(bound) if rule == "min" else math.floor(bound))
+    else:
+        literal = sql.Literal(float(bound))
+    return sql.SQL("{} {} {}").format(value, sql.SQL(BOUNDS[rule][0]), literal)
 
 
 def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Check]:
@@ -148,11 +162,11 @@ def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Che
                 f"value does not parse as {rules.type}",
             )
         )
-    bounds = [("min", "<", rules.min, "below"), ("max", ">", rules.max, "above")]
-    for rule, operator, bound, word in bounds:
+    for rule, (_, word) in BOUNDS.items():
+        bound = _bound_value(rules, rule)
         if bound is not None:
-            failing = sql.SQL("{} AND {} {} {}").format(
-                present, _parsed(name, rules), sql.SQL(operator), _bound(rules, rule)
+            failing = sql.SQL("{} AND {}").format(
+                present, _breaks(_parsed(name, rules), rules, rule)
             )
             checks.append(Check(rule, name, failing, f"value {word} {bound:g}"))
     if rules.accepted is not None:
@@ -184,18 +198,21 @@ def _samples(
     ]
 
 
+def _column_list(names: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in names)
+
+
 def _key_hashes_are_distinct(
     conn: psycopg.Connection, batch: sql.Identifier, key: list[str]
 ) -> bool:
     """Whether no two rows share a 64-bit hash of the key: PostgreSQL builds a unique index
     on the hash (sorting with parallel workers), inside a savepoint that is then rolled back,
     so the index is gone again."""
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
     try:
         with conn.transaction(force_rollback=True):
             conn.execute(
                 sql.SQL("CREATE UNIQUE INDEX ON {} ((hash_record_extended(ROW({}), 0)))").format(
-                    batch, columns
+                    batch, _column_list(key)
                 )
             )
     except psycopg.errors.UniqueViolation:
@@ -215,9 +232,7 @@ def _unique_key(
             "(array_agg(duplicate ORDER BY duplicate))[1:{}] "
             "FROM (SELECT count(*) AS n, max(_record_no) AS duplicate FROM {} "
             "GROUP BY {} HAVING count(*) > 1) AS duplicated"
-        ).format(
-            sql.Literal(SAMPLE_ROWS), batch, sql.SQL(", ").join(sql.Identifier(c) for c in key)
-        )
+        ).format(sql.Literal(SAMPLE_ROWS), batch, _column_list(key))
     ).fetchone()
     result.failing = int(failing)
     result.samples = [{"record": r, "line": r + first_data_line - 1} for r in (samples or [])]
@@ -226,11 +241,7 @@ def _unique_key(
 
 def _out_of_range(value: sql.Composable, rules: Column) -> sql.Composable:
     """True when a parsed value (already in the column's type) breaks its min or max."""
-    sides = [
-        sql.SQL("{} {} {}").format(value, sql.SQL(operator), _bound(rules, rule))
-        for rule, operator, bound in (("min", "<", rules.min), ("max", ">", rules.max))
-        if bound is not None
-    ]
+    sides = [_breaks(value, rules, r) for r in BOUNDS if _bound_value(rules, r) is not None]
     return sql.SQL("({})").format(sql.SQL(" OR ").join(sides))
 
 
@@ -253,8 +264,9 @@ def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Comp
             )
         )
     if rules.min is not None or rules.max is not None:
-        value = sql.SQL("{}::{}").format(col, sql.SQL(PG_TYPES[rules.type]))
-        branches.append(sql.SQL("WHEN {} THEN true").format(_out_of_range(value, rules)))
+        branches.append(
+            sql.SQL("WHEN {} THEN true").format(_out_of_range(_cast(name, rules), rules))
+        )
     if rules.accepted is not None:
         branches.append(sql.SQL("WHEN {} THEN true").format(_not_accepted(name, rules)))
     return sql.SQL("CASE {} ELSE false END").format(sql.SQL(" ").join(branches))
@@ -263,10 +275,9 @@ def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Comp
 def column_fails(name: str, rules: Column, null_markers: list[str]) -> sql.Composable:
     """Like :func:`column_is_bad`, at half the cost: each present value is parsed once, by a
     cast that raises when the value does not parse as the column's type."""
-    col = sql.Identifier(name)
     checks: list[sql.Composable] = []
     if rules.type in PG_TYPES:
-        value = sql.SQL("{}::{}").format(col, sql.SQL(PG_TYPES[rules.type]))
+        value = _cast(name, rules)
         if rules.min is not None or rules.max is not None:
             checks.append(_out_of_range(value, rules))
         else:
