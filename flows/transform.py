@@ -25,10 +25,9 @@ name, the model and the failing row count; SQLMesh skips everything downstream o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,7 +49,8 @@ from sqlmesh.core.snapshot import Snapshot, SnapshotChangeCategory
 from sqlmesh.utils.concurrency import NodeExecutionFailedError
 from sqlmesh.utils.errors import AuditError, NodeAuditsErrors, SQLMeshError
 
-from flows.database import database_url
+from flows.database import connect, database_url
+from flows.ingestion import Progress
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ FLIGHT_CHANGE_REACH = timedelta(days=4)
 # A changed hourly observation is the as-of weather of anchors up to the next observation;
 # the source has gaps of at most a few hours.
 WEATHER_CHANGE_REACH = timedelta(days=1)
-# Advisory-lock key serializing transforms per database ("shardyard.transform").
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"shardyard.transform").digest()[:8], "big", signed=True)
-
-Progress = Callable[[str], None]
 
 
 class TransformFailed(RuntimeError):
@@ -367,7 +363,7 @@ def run_transform(
 
 def _require_raw_landing(settings: Settings) -> None:
     """Bronze reads every raw table and the batch log: say so plainly when one is missing."""
-    with psycopg.connect(database_url(settings)) as conn:
+    with connect(settings) as conn:
         missing = [
             f"{schema}.{name}"
             for schema, name in [("meta", "ingest_batches"), *(("raw", t) for t in _RAW_TABLES)]
@@ -382,12 +378,12 @@ def _require_raw_landing(settings: Settings) -> None:
 @contextmanager
 def transform_lock(settings: Settings) -> Iterator[None]:
     """Hold a session advisory lock: one plan or run per database at a time."""
-    with psycopg.connect(database_url(settings), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    with connect(settings, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended('shardyard.transform', 0))")
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended('shardyard.transform', 0))")
 
 
 def _plan_and_apply(
@@ -577,7 +573,7 @@ _RAW_TABLES = (*_RAW_EVENT_DAY, *_REFERENCE_TABLES)
 
 def pending_batches(settings: Settings, environment: str) -> list[PendingBatches]:
     """Per raw table, the batches that bronze in ``environment`` does not reflect yet."""
-    with psycopg.connect(database_url(settings)) as conn:
+    with connect(settings) as conn:
         loaded = {
             row[0]
             for row in conn.execute(
@@ -688,7 +684,7 @@ def layer_row_counts(settings: Settings) -> dict[str, int]:
     327346, ...}`` (models not built yet are left out)."""
     environment = environment_name(settings)
     counts: dict[str, int] = {}
-    with psycopg.connect(database_url(settings)) as conn:
+    with connect(settings) as conn:
         for layer in MODEL_SCHEMAS:
             schema = _schema_for(environment, layer)
             tables = conn.execute(
@@ -772,7 +768,7 @@ def _upstream_names(snapshots: dict[str, Any], name: str) -> set[str]:
 def _bronze_batches(settings: Settings, environment: str) -> dict[str, list[str]]:
     schema = _schema_for(environment, "bronze")
     batches: dict[str, list[str]] = {}
-    with psycopg.connect(database_url(settings)) as conn:
+    with connect(settings) as conn:
         for table in _RAW_TABLES:
             if not _relation_exists(conn, schema, table):
                 continue
