@@ -74,11 +74,13 @@ def run_stages(
             )
             _print_batches([BatchResult(**b) for b in summary["batches"]])
         elif stage == "transform":
-            summary = stages.transform_stage(settings, dataset, start, end, restate=restate)
+            summary = stages.transform_stage(
+                settings, dataset, start, end, restate=restate, progress=_say
+            )
             for model, count in summary["row_counts"].items():
                 print(f"  {model:<36} {count:>9,} rows")
         else:
-            summary = stages.shard_stage(settings, dataset)
+            summary = stages.shard_stage(settings, dataset, progress=_say)
             published = summary["published"]
             print(f"  version {published['version']} ({published['status']})")
             print(f"  at {published['dataset_uri']}")

@@ -124,6 +124,7 @@ def transform_task(
         restate=restate,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
+        progress=get_run_logger().info,
     )
 
 
@@ -141,7 +142,11 @@ def transform(
 @_retried("shard")
 def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
     return stages.shard_stage(
-        load_settings(), dataset, run_id=run_id, parent_run_id=_parent_run_id()
+        load_settings(),
+        dataset,
+        run_id=run_id,
+        parent_run_id=_parent_run_id(),
+        progress=get_run_logger().info,
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
-from flows.ingestion import BatchResult, ingest_file
+from flows.ingestion import BatchResult, Progress, ingest_file
 from flows.run_records import record_stage_run
 from flows.settings import Settings
 from flows.specs import SpecError, load_spec
@@ -91,12 +91,13 @@ def transform_stage(
     restate: bool = False,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> Summary:
     """Plan, apply and run the SQLMesh project; audits are gates."""
     from flows.transform import layer_row_counts, run_transform
 
     with recorded(settings, "transform", dataset, run_id, parent_run_id) as summary:
-        result = run_transform(settings, start=start, end=end, restate=restate)
+        result = run_transform(settings, start=start, end=end, restate=restate, progress=progress)
         summary["environment"] = result.environment
         summary["models_evaluated"] = sorted(result.models_evaluated)
         summary["intervals_evaluated"] = len(result.evaluations)
@@ -111,6 +112,7 @@ def shard_stage(
     *,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> Summary:
     """Split gold, write WebDataset and LitData shards, publish the manifest last."""
     from flows.publish import publish_dataset
@@ -123,7 +125,7 @@ def shard_stage(
         lineage = gold_lineage(settings)
         # Read gold from the settings' SQLMesh environment (gold__dev in dev, gold in prod).
         publish = spec.publish.model_copy(update={"source": lineage["relation"]})
-        result = publish_dataset(settings, publish, lineage=lineage)
+        result = publish_dataset(settings, publish, lineage=lineage, progress=progress)
         summary["published"] = {
             "name": result.name,
             "version": result.version,

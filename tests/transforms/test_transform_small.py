@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from flows.settings import Settings
+from flows.stages import transform_stage
 from flows.transform import (
     AuditFailed,
     TransformFailed,
@@ -188,6 +189,25 @@ def test_a_requested_restatement_recomputes_those_days_and_the_days_gold_windows
         assert result.days(model) == [date(2013, 1, 2)], model
     assert result.days(GOLD) == days(date(2013, 1, 2), date(2013, 1, 6))
     assert table_checksum(settings, GOLD, "example_id") == before
+
+
+def test_the_transform_stage_reports_every_evaluated_interval_as_progress(
+    copy_of_built: Settings,
+) -> None:
+    said: list[str] = []
+
+    summary = transform_stage(
+        copy_of_built,
+        "flights",
+        date(2013, 1, 3),
+        date(2013, 1, 3),
+        restate=True,
+        progress=said.append,
+    )
+
+    evaluated = [m for m in said if ": evaluated [" in m]
+    assert len(evaluated) == summary["intervals_evaluated"] > 0
+    assert any(m.startswith(f"{GOLD}: evaluated [2013-01-03") for m in evaluated)
 
 
 def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_deterministically(
