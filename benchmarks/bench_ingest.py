@@ -121,7 +121,8 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         from flows.ingestion import ingest_file
         from flows.settings import Settings
 
-        ingest_file(Settings(), "flights", "flights", str(path))
+        result = ingest_file(Settings(), "flights", "flights", str(path))
+        note = f"COPY {result.copy_s:.1f}s, contract gate {result.gate_s:.1f}s"
     elif method == "pandas":
         import pandas as pd
         import sqlalchemy
@@ -130,8 +131,6 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame.to_sql("flights_pandas", engine, index=False, chunksize=100_000)
     seconds = time.perf_counter() - started
-    if method == "shardyard":
-        note = shardyard_phases(url)
     # psql runs as this process's child: count whichever process peaked higher.
     peak = (
         max(
@@ -141,15 +140,6 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         / 1024
     )
     print(json.dumps({"seconds": seconds, "self_peak_mb": peak, "note": note}))
-
-
-def shardyard_phases(url: str) -> str:
-    """Where shardyard's time went, from its batch log."""
-    with psycopg.connect(url) as conn:
-        copy_s, gate_s = conn.execute(
-            "SELECT copy_s, gate_s FROM meta.ingest_batches WHERE status = 'loaded'"
-        ).fetchone()
-    return f"COPY {copy_s:.1f}s, contract gate {gate_s:.1f}s"
 
 
 def main() -> None:

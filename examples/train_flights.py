@@ -40,7 +40,7 @@ class FlightDelayModel(nn.Module):
         self.numeric_index = [f["index"] for f in numeric]
         self.categorical_index = [f["index"] for f in features if f["kind"] == "categorical"]
         mean = [stats[f["name"]]["mean"] or 0.0 for f in numeric]
-        std = [(stats[f["name"]]["std"] or 1.0) or 1.0 for f in numeric]
+        std = [stats[f["name"]]["std"] or 1.0 for f in numeric]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.embeddings = nn.ModuleList(

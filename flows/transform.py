@@ -146,26 +146,6 @@ class TransformResult:
     def models_evaluated(self) -> set[str]:
         return {e.model for e in self.evaluations}
 
-    def to_summary(self) -> dict[str, Any]:
-        """A JSON-serialisable account of the run (for stage records and logs)."""
-        return {
-            "environment": self.environment,
-            "evaluated": {
-                model: [[s.isoformat(), e.isoformat()] for s, e in self.intervals(model)]
-                for model in sorted(self.models_evaluated)
-            },
-            "restatements": [
-                {
-                    "models": list(r.models),
-                    "start": r.start.isoformat() if r.start else None,
-                    "end": r.end.isoformat() if r.end else None,
-                    "reason": r.reason,
-                }
-                for r in self.restatements
-            ],
-            "pending_batches": self.pending_batches,
-        }
-
 
 # --- configuration ----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from sqlglot import exp
 from sqlmesh import macro
 from sqlmesh.core.macros import MacroEvaluator
 
+from flows import landing
+
 MISSING = "NA"
 
 
@@ -128,19 +130,8 @@ def unfiltered(evaluator: MacroEvaluator, model: exp.Expression) -> exp.Expressi
     return model
 
 
-# Provenance and governance columns every raw row carries (flows/landing.py), passed through
-# to bronze unchanged.
-PROVENANCE_COLUMNS = (
-    "_batch_id",
-    "_record_no",
-    "_ingested_at",
-    "_source_uri",
-    "_data_category",
-    "_consent",
-    "_region",
-    "_retention_until",
-    "_owner",
-)
+# Provenance and governance columns every raw row carries, passed through to bronze unchanged.
+PROVENANCE_COLUMNS = tuple(landing.PROVENANCE_COLUMNS)
 
 
 @macro()
