@@ -96,7 +96,7 @@ def contract_gate(url: str) -> str:
     checks alone cost, with nothing else of shardyard's ingest around them."""
     from psycopg import sql
 
-    from flows.contracts import evaluate
+    from flows.ingest.contracts import evaluate
     from flows.specs import load_spec
 
     started = time.perf_counter()
@@ -118,7 +118,7 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
     elif method == "shardyard":
         os.environ["SHARDYARD_DATABASE_URL"] = url
         os.environ["SHARDYARD_STORAGE_URL"] = str(lake)
-        from flows.ingestion import ingest_file
+        from flows.ingest.files import ingest_file
         from flows.settings import Settings
 
         result = ingest_file(Settings(), "flights", "flights", str(path))

@@ -29,7 +29,7 @@ from shards.definition import flights_publish_spec
 from shards.publisher import plan_publication, publish, write_files
 from shards.readers import npy_vector, open_litdata, open_webdataset
 from shards.storage import S3Storage, open_storage
-from shards.synthetic import synthetic_gold
+from tests.shards.synthetic import synthetic_gold
 
 CREDENTIALS = {
     "aws_access_key_id": "bench",

@@ -12,11 +12,11 @@ from datetime import date
 from functools import partial
 
 from flows import stages
-from flows.ingestion import BatchResult, FileRejected, ingest_file
+from flows.ingest.files import BatchResult, FileRejected, ingest_file
+from flows.ingest.sources import SourceError
 from flows.settings import Settings, load_settings
-from flows.sources import SourceError
 from flows.specs import SpecError
-from flows.transform import TransformFailed
+from flows.transform.runner import TransformFailed
 
 log = logging.getLogger("shardyard")
 
@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from flows.publish import list_datasets, show_dataset
+    from flows.publish.publishing import list_datasets, show_dataset
 
     settings = load_settings()
     if args.action == "list":

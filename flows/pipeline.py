@@ -19,7 +19,7 @@ from prefect.deployments import run_deployment
 from prefect.tasks import exponential_backoff
 
 from flows import stages
-from flows.ingestion import BatchResult, ContractViolation, ingest_file
+from flows.ingest.files import BatchResult, ContractViolation, ingest_file
 from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
 from flows.settings import Settings, load_settings
 

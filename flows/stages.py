@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
-from flows.ingestion import BatchResult, Progress, ingest_file
+from flows.ingest.files import BatchResult, Progress, ingest_file
 from flows.run_records import record_stage_run
 from flows.settings import Settings
 from flows.specs import SpecError, load_spec
@@ -94,7 +94,7 @@ def transform_stage(
     progress: Progress | None = None,
 ) -> Summary:
     """Plan, apply and run the SQLMesh project; audits are gates."""
-    from flows.transform import layer_row_counts, run_transform
+    from flows.transform.runner import layer_row_counts, run_transform
 
     with recorded(settings, "transform", dataset, run_id, parent_run_id) as summary:
         result = run_transform(settings, start=start, end=end, restate=restate, progress=progress)
@@ -115,8 +115,8 @@ def shard_stage(
     progress: Progress | None = None,
 ) -> Summary:
     """Split gold, write WebDataset and LitData shards, publish the manifest last."""
-    from flows.publish import publish_dataset
-    from flows.transform import gold_lineage
+    from flows.publish.publishing import publish_dataset
+    from flows.transform.runner import gold_lineage
 
     spec = load_spec(dataset)
     if spec.publish is None:

@@ -2,9 +2,9 @@ import psycopg
 import psycopg2
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from flows.contracts import GateReport, RuleResult
-from flows.ingestion import ContractViolation
-from flows.readers import FileRejected
+from flows.ingest.contracts import GateReport, RuleResult
+from flows.ingest.files import ContractViolation
+from flows.ingest.readers import FileRejected
 from flows.retries import is_transient
 from flows.specs import SpecError
 

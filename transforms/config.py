@@ -2,13 +2,13 @@
 from here, so its ``logs/`` land in the ignored ``transforms/logs/``).
 
 The config is built from shardyard's settings (``SHARDYARD_*`` variables), exactly as
-``flows.transform`` builds it for the pipeline: a PostgreSQL gateway on shardyard's database
+``flows.transform.runner`` builds it for the pipeline: a PostgreSQL gateway on shardyard's database
 (embedded when ``SHARDYARD_DATABASE_URL`` is unset), SQLMesh state in the ``sqlmesh_state``
 schema of the same database. Pass ``SHARDYARD_ENV`` as the environment name to the CLI
-(``sqlmesh plan dev``); the pipeline itself plans and runs through ``flows.transform``.
+(``sqlmesh plan dev``); the pipeline itself plans and runs through ``flows.transform.runner``.
 """
 
 from flows.settings import load_settings
-from flows.transform import sqlmesh_config
+from flows.transform.runner import sqlmesh_config
 
 config = sqlmesh_config(load_settings())

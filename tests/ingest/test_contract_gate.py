@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.contracts import column_checks, column_fails, column_is_bad
-from flows.ingestion import ContractViolation, ingest_file
+from flows.ingest.contracts import column_checks, column_fails, column_is_bad
+from flows.ingest.files import ContractViolation, ingest_file
 from flows.settings import Settings
 from flows.specs import Column, TableSpec
 

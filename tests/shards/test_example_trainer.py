@@ -11,7 +11,7 @@ import pytest
 from shards.definition import flights_publish_spec
 from shards.publisher import publish
 from shards.storage import open_storage
-from shards.synthetic import synthetic_gold
+from tests.shards.synthetic import synthetic_gold
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_flights.py"
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import shards.publisher
-from flows.publish import dataset_url, list_datasets, publish_dataset, show_dataset
+from flows.publish.publishing import dataset_url, list_datasets, publish_dataset, show_dataset
 from flows.settings import Settings
 from shards.definition import GroupSplit, PublishSpec
 from shards.manifest import manifest_files
@@ -210,7 +210,7 @@ def test_an_empty_split_is_published_without_files_and_reads_back_empty(tmp_path
     from shards.definition import flights_publish_spec
     from shards.publisher import publish
     from shards.storage import open_storage
-    from shards.synthetic import synthetic_gold
+    from tests.shards.synthetic import synthetic_gold
 
     windows = [
         {"name": "train", "start": "2013-01-01T00:00:00Z", "end": "2013-07-01T00:00:00Z"},

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows.publish import dataset_url, publish_dataset
+from flows.publish.publishing import dataset_url, publish_dataset
 from flows.settings import Settings
 from shards.definition import PublishSpec
 from shards.readers import litdata_tuple, open_litdata, open_webdataset

@@ -8,7 +8,7 @@ import pytest
 
 from shards.definition import GroupSplit, HashSplit, TimeSplit, flights_publish_spec
 from shards.splits import EXCLUDED, SplitAssigner, SplitGuard, SplitLeakError, anchor_micros
-from shards.synthetic import synthetic_gold
+from tests.shards.synthetic import synthetic_gold
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from flows.ingestion import ingest_file
+from flows.ingest.files import ingest_file
 from flows.settings import Settings
 
 TABLES = ("airlines", "airports", "planes", "weather", "flights")

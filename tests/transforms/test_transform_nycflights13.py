@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.ingestion import ingest_dataset
+from flows.ingest.files import ingest_dataset
 from flows.settings import Settings
-from flows.transform import TransformResult, layer_row_counts, run_transform
+from flows.transform.runner import TransformResult, layer_row_counts, run_transform
 from tests.transforms.conftest import (
     land,
     local_day,

@@ -13,7 +13,7 @@ import pytest
 
 from flows.settings import Settings
 from flows.stages import transform_stage
-from flows.transform import (
+from flows.transform.runner import (
     AuditFailed,
     TransformFailed,
     TransformResult,
@@ -419,14 +419,14 @@ def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
 ) -> None:
     import shutil
 
-    import flows.transform
+    import flows.transform.runner
 
     settings = copy_of_built
     project = tmp_path / "transforms"
-    shutil.copytree(flows.transform.TRANSFORMS_DIR, project)
+    shutil.copytree(flows.transform.runner.TRANSFORMS_DIR, project)
     weather = project / "models" / "silver" / "weather.sql"
     weather.write_text(weather.read_text().replace("wind_speed <= 150", "wind_speed <= 20"))
-    monkeypatch.setattr(flows.transform, "TRANSFORMS_DIR", project)
+    monkeypatch.setattr(flows.transform.runner, "TRANSFORMS_DIR", project)
     [(windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
     assert windy > 0
 

@@ -14,7 +14,7 @@ from sqlglot import exp
 from sqlmesh import macro
 from sqlmesh.core.macros import MacroEvaluator
 
-from flows import landing
+from flows.ingest import landing
 
 MISSING = "NA"
 

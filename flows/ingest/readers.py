@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flows.sources import BLOCK_SIZE, SourceFile, infer_format
+from flows.ingest.sources import BLOCK_SIZE, SourceFile, infer_format
 from flows.specs import TableSpec
 
 JSONL_BATCH_LINES = 20_000

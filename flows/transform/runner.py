@@ -50,12 +50,12 @@ from sqlmesh.utils.concurrency import NodeExecutionFailedError
 from sqlmesh.utils.errors import AuditError, NodeAuditsErrors, SQLMeshError
 
 from flows.database import connect, database_url
-from flows.ingestion import Progress
+from flows.ingest.files import Progress
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS_DIR = Path(__file__).resolve().parent.parent / "transforms"
+TRANSFORMS_DIR = Path(__file__).resolve().parents[2] / "transforms"
 GATEWAY = "shardyard"
 STATE_SCHEMA = "sqlmesh_state"
 LOCAL_TIME_ZONE = "America/New_York"

@@ -27,8 +27,8 @@ from datetime import date, datetime
 import psycopg
 from psycopg import sql
 
+from flows.ingest.readers import CopyStream, FileRejected
 from flows.meta import META, ensure_meta_table
-from flows.readers import CopyStream, FileRejected
 from flows.specs import TableSpec
 
 log = logging.getLogger(__name__)

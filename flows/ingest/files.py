@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flows import landing
-from flows.contracts import GateReport, RuleResult, evaluate
 from flows.database import connect
-from flows.readers import FileRejected, open_copy_stream
+from flows.ingest import landing
+from flows.ingest.contracts import GateReport, RuleResult, evaluate
+from flows.ingest.readers import FileRejected, open_copy_stream
+from flows.ingest.sources import SourceError, SourceFile, fetch_source
 from flows.settings import Settings
-from flows.sources import SourceError, SourceFile, fetch_source
 from flows.specs import DatasetSpec, load_spec
 from shards.storage import open_storage
 

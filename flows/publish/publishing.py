@@ -20,7 +20,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from flows.database import connect, database_url
-from flows.datasets_registry import DatasetRecord, fetch, is_registered, register
+from flows.publish.registry import DatasetRecord, fetch, is_registered, register
 from flows.settings import Settings
 from shards.definition import PublishSpec
 from shards.manifest import manifest_key

@@ -1,0 +1,1 @@
+"""Ingest: file drops (and later operational sources) into raw.* behind the contract gate."""

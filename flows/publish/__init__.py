@@ -1,0 +1,1 @@
+"""Publish: gold becomes a versioned training dataset in object storage, and its registry."""

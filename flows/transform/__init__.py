@@ -1,0 +1,1 @@
+"""Transform: SQLMesh plans and runs the medallion inside PostgreSQL; audits are gates."""
