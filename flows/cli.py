@@ -16,7 +16,7 @@ from flows.ingest.files import BatchResult, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
 from flows.settings import Settings, load_settings
 from flows.specs import SpecError
-from flows.transform.runner import TransformFailed
+from flows.transform.results import TransformFailed
 
 log = logging.getLogger("shardyard")
 

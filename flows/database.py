@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from flows.settings import Settings
 
@@ -35,3 +36,12 @@ def database_url(settings: Settings) -> str:
 def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection:
     """Open a psycopg connection to shardyard's database."""
     return psycopg.connect(database_url(settings), autocommit=autocommit)
+
+
+def relation_exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether ``schema.name`` is a table or view the connection can see."""
+    found = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchone()
+    return bool(found and found[0])

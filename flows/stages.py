@@ -94,7 +94,8 @@ def transform_stage(
     progress: Progress | None = None,
 ) -> Summary:
     """Plan, apply and run the SQLMesh project; audits are gates."""
-    from flows.transform.runner import layer_row_counts, run_transform
+    from flows.transform.lineage import layer_row_counts
+    from flows.transform.runner import run_transform
 
     with recorded(settings, "transform", dataset, run_id, parent_run_id) as summary:
         result = run_transform(settings, start=start, end=end, restate=restate, progress=progress)
@@ -116,7 +117,7 @@ def shard_stage(
 ) -> Summary:
     """Split gold, write WebDataset and LitData shards, publish the manifest last."""
     from flows.publish.publishing import publish_dataset
-    from flows.transform.runner import gold_lineage
+    from flows.transform.lineage import gold_lineage
 
     spec = load_spec(dataset)
     if spec.publish is None:

@@ -9,6 +9,6 @@ schema of the same database. Pass ``SHARDYARD_ENV`` as the environment name to t
 """
 
 from flows.settings import load_settings
-from flows.transform.runner import sqlmesh_config
+from flows.transform.config import sqlmesh_config
 
 config = sqlmesh_config(load_settings())

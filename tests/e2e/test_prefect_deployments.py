@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from psycopg import sql
 
 from flows.settings import Settings
-from flows.transform.runner import gold_relation
+from flows.transform.lineage import gold_relation
 from shards.storage import open_storage
 
 from .conftest import PrefectServer

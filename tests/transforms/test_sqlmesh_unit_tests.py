@@ -2,7 +2,7 @@
 pass against PostgreSQL."""
 
 from flows.settings import Settings
-from flows.transform.runner import sqlmesh_context
+from flows.transform.config import sqlmesh_context
 
 
 def test_sqlmesh_unit_tests_pass_on_postgresql(settings: Settings) -> None:

@@ -12,7 +12,9 @@ import pytest
 
 from flows.ingest.files import ingest_dataset
 from flows.settings import Settings
-from flows.transform.runner import TransformResult, layer_row_counts, run_transform
+from flows.transform.lineage import layer_row_counts
+from flows.transform.results import TransformResult
+from flows.transform.runner import run_transform
 from tests.transforms.conftest import (
     land,
     local_day,

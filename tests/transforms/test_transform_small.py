@@ -13,15 +13,9 @@ import pytest
 
 from flows.settings import Settings
 from flows.stages import transform_stage
-from flows.transform.runner import (
-    AuditFailed,
-    TransformFailed,
-    TransformResult,
-    gold_lineage,
-    gold_relation,
-    layer_row_counts,
-    run_transform,
-)
+from flows.transform.lineage import gold_lineage, gold_relation, layer_row_counts
+from flows.transform.results import AuditFailed, TransformFailed, TransformResult
+from flows.transform.runner import run_transform
 from tests.transforms.conftest import (
     copy_in_place,
     land,
@@ -419,14 +413,14 @@ def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
 ) -> None:
     import shutil
 
-    import flows.transform.runner
+    import flows.transform.config
 
     settings = copy_of_built
     project = tmp_path / "transforms"
-    shutil.copytree(flows.transform.runner.TRANSFORMS_DIR, project)
+    shutil.copytree(flows.transform.config.TRANSFORMS_DIR, project)
     weather = project / "models" / "silver" / "weather.sql"
     weather.write_text(weather.read_text().replace("wind_speed <= 150", "wind_speed <= 20"))
-    monkeypatch.setattr(flows.transform.runner, "TRANSFORMS_DIR", project)
+    monkeypatch.setattr(flows.transform.config, "TRANSFORMS_DIR", project)
     [(windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
     assert windy > 0
 
