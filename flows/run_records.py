@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from flows.database import connect
-from flows.meta import META, ensure_meta_table
+from flows.meta import STAGE_RUNS, ensure_meta_table, relation
 from flows.settings import Settings
 
 
@@ -28,28 +28,13 @@ def record_stage_run(
 ) -> None:
     """One row in ``meta.stage_runs`` (created on first use)."""
     with connect(settings) as conn:
-        ensure_meta_table(
-            conn,
-            "stage_runs",
-            """
-            id bigserial PRIMARY KEY,
-            run_id text NOT NULL,
-            parent_run_id text,
-            stage text NOT NULL,
-            dataset text NOT NULL,
-            status text NOT NULL,
-            started_at timestamptz NOT NULL,
-            finished_at timestamptz NOT NULL,
-            duration_s double precision NOT NULL,
-            summary jsonb NOT NULL
-            """,
-        )
+        ensure_meta_table(conn, STAGE_RUNS)
         conn.execute(
             sql.SQL(
-                "INSERT INTO {}.stage_runs (run_id, parent_run_id, stage, dataset, status, "
+                "INSERT INTO {} (run_id, parent_run_id, stage, dataset, status, "
                 "started_at, finished_at, duration_s, summary) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            ).format(sql.Identifier(META)),
+            ).format(relation(STAGE_RUNS)),
             (
                 run_id,
                 parent_run_id,

@@ -14,9 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from flows.meta import META, ensure_meta_table
-
-TABLE = "datasets"
+from flows.meta import DATASETS, ensure_meta_table, relation
 
 
 @dataclass
@@ -35,29 +33,12 @@ class DatasetRecord:
 
 
 def ensure_registry(conn: psycopg.Connection) -> None:
-    ensure_meta_table(
-        conn,
-        TABLE,
-        """
-        name text NOT NULL,
-        version text NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now(),
-        counts jsonb NOT NULL,
-        manifest_uri text NOT NULL,
-        dataset_uri text NOT NULL,
-        gold_fingerprint text NOT NULL,
-        code_version text NOT NULL,
-        lineage jsonb NOT NULL,
-        PRIMARY KEY (name, version)
-        """,
-    )
+    ensure_meta_table(conn, DATASETS)
 
 
 def is_registered(conn: psycopg.Connection, name: str, version: str) -> bool:
     ensure_registry(conn)
-    query = sql.SQL("SELECT 1 FROM {} WHERE name = %s AND version = %s").format(
-        sql.Identifier(META, TABLE)
-    )
+    query = sql.SQL("SELECT 1 FROM {} WHERE name = %s AND version = %s").format(relation(DATASETS))
     return conn.execute(query, (name, version)).fetchone() is not None
 
 
@@ -80,7 +61,7 @@ def register(
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (name, version) DO NOTHING
         """
-    ).format(sql.Identifier(META, TABLE))
+    ).format(relation(DATASETS))
     cursor = conn.execute(
         query,
         (
@@ -113,5 +94,5 @@ def fetch(
     query = sql.SQL(
         "SELECT name, version, created_at, counts, manifest_uri, dataset_uri, gold_fingerprint, "
         "code_version, lineage FROM {} WHERE {} ORDER BY created_at DESC, name, version"
-    ).format(sql.Identifier(META, TABLE), sql.SQL(" AND ").join(filters))
+    ).format(relation(DATASETS), sql.SQL(" AND ").join(filters))
     return [DatasetRecord(*row) for row in conn.execute(query, params).fetchall()]
