@@ -12,6 +12,7 @@ import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
@@ -26,6 +27,18 @@ IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 
 ColumnType = Literal["text", "integer", "number", "timestamp", "date", "boolean"]
 FileFormat = Literal["csv", "jsonl", "parquet"]
+
+# The PostgreSQL type of each spec type: what the contract gate checks a raw value against
+# and what bronze casts it to (the ``@typed_columns`` macro), so a value that passes the gate
+# always casts in bronze.
+SQL_TYPES: dict[str, str] = {
+    "text": "text",
+    "integer": "bigint",
+    "number": "double precision",
+    "timestamp": "timestamptz",
+    "date": "date",
+    "boolean": "boolean",
+}
 
 
 class SpecError(ValueError):
@@ -54,11 +67,23 @@ class Column(BaseModel):
         return self
 
 
-class TableSpec(BaseModel):
-    """One raw table: its source file drop and its data contract."""
+class GoldReach(BaseModel):
+    """How far a changed row of a table reaches into gold, in whole days around its own day:
+    gold examples of ``[day - before_days, day + after_days]`` may see it (a feature window
+    looks back over it, a label window forward)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    before_days: int = Field(default=0, ge=0)
+    after_days: int = Field(default=0, ge=0)
+
+
+class TableSpec(BaseModel):
+    """One raw table: its source file drop, its data contract and its place in time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
     source: str | None = Field(default=None, description="Default file for this table.")
     format: FileFormat | None = Field(
         default=None, description="File format; inferred from the file name when unset."
@@ -70,6 +95,12 @@ class TableSpec(BaseModel):
     columns: dict[str, Column]
     unique: list[list[str]] = Field(default_factory=list)
     min_rows: int = 1
+    time_column: str | None = Field(
+        default=None,
+        description="The column with each row's event time (a timestamp): a new batch restates "
+        "the UTC days it holds. Unset: reference data; a batch restates everything downstream.",
+    )
+    gold_reach: GoldReach = Field(default_factory=GoldReach)
 
     @field_validator("columns")
     @classmethod
@@ -87,6 +118,17 @@ class TableSpec(BaseModel):
             unknown = [c for c in key if c not in self.columns]
             if unknown:
                 raise ValueError(f"unique key names unknown columns {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _time_column_is_a_timestamp(self) -> TableSpec:
+        if self.time_column is None:
+            return self
+        column = self.columns.get(self.time_column)
+        if column is None or column.type != "timestamp":
+            raise ValueError(f"time_column {self.time_column!r} must name a timestamp column")
+        if not column.not_null:
+            raise ValueError(f"time_column {self.time_column!r} must be not_null")
         return self
 
 
@@ -107,14 +149,36 @@ class Governance(BaseModel):
         return today + timedelta(days=self.retention_days)
 
 
+class TransformSpec(BaseModel):
+    """What the dataset's SQLMesh models need to know: where time starts and which local time
+    zone the data speaks. The models see them as ``@<dataset>_start`` and
+    ``@<dataset>_time_zone``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: date = Field(description="First UTC day of the models' intervals.")
+    time_zone: str | None = Field(default=None, description="IANA name, e.g. Europe/Berlin.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class DatasetSpec(BaseModel):
-    """A whole dataset: tables, governance and (for publishing) the publish section."""
+    """A whole dataset: tables, governance, transform settings and the publish section."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     description: str = ""
     governance: Governance = Field(default_factory=Governance)
+    transform: TransformSpec | None = None
     tables: dict[str, TableSpec]
     publish: PublishSpec | None = None
 
@@ -133,6 +197,11 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"table name {name!r} is not a plain lower-case identifier")
         return tables
 
+    @property
+    def gold_model(self) -> str | None:
+        """The gold model the dataset is published from (``publish.source``)."""
+        return self.publish.source if self.publish else None
+
     def table(self, name: str) -> TableSpec:
         """The spec of one table; a clear error for a name the dataset does not have."""
         try:
@@ -146,6 +215,21 @@ class DatasetSpec(BaseModel):
 
 def bundled_datasets() -> list[str]:
     return sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+
+
+def bundled_specs() -> list[DatasetSpec]:
+    """Every bundled spec. Raw tables share the ``raw`` schema, so two datasets may not
+    declare the same table."""
+    specs = [load_spec(name) for name in bundled_datasets()]
+    owners: dict[str, str] = {}
+    for spec in specs:
+        for table in spec.tables:
+            if table in owners:
+                raise SpecError(
+                    f"datasets {owners[table]!r} and {spec.name!r} both declare raw.{table}"
+                )
+            owners[table] = spec.name
+    return specs
 
 
 def load_spec(name_or_path: str | Path) -> DatasetSpec:

@@ -98,12 +98,14 @@ def transform_stage(
     from flows.transform.runner import run_transform
 
     with recorded(settings, "transform", dataset, run_id, parent_run_id) as summary:
-        result = run_transform(settings, start=start, end=end, restate=restate, progress=progress)
+        result = run_transform(
+            settings, dataset, start=start, end=end, restate=restate, progress=progress
+        )
         summary["environment"] = result.environment
         summary["models_evaluated"] = sorted(result.models_evaluated)
         summary["intervals_evaluated"] = len(result.evaluations)
         summary["audits_passed"] = sum(e.audits_passed for e in result.evaluations)
-        summary["row_counts"] = layer_row_counts(settings)
+        summary["row_counts"] = layer_row_counts(settings, result.models)
     return summary
 
 
@@ -123,7 +125,7 @@ def shard_stage(
     if spec.publish is None:
         raise SpecError(f"dataset {dataset!r} has no publish section")
     with recorded(settings, "shard", dataset, run_id, parent_run_id) as summary:
-        lineage = gold_lineage(settings)
+        lineage = gold_lineage(settings, spec)
         # Read gold from the settings' SQLMesh environment (gold__dev in dev, gold in prod).
         publish = spec.publish.model_copy(update={"source": lineage["relation"]})
         result = publish_dataset(settings, publish, lineage=lineage, progress=progress)

@@ -22,18 +22,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from flows.specs import Column, TableSpec
+from flows.specs import SQL_TYPES, Column, TableSpec
 
 SAMPLE_ROWS = 5
 
-# How each spec type is checked with PostgreSQL's own parser (pg_input_is_valid, PG 16+).
-PG_TYPES = {
-    "integer": "bigint",
-    "number": "double precision",
-    "timestamp": "timestamptz",
-    "date": "date",
-    "boolean": "boolean",
-}
+# The types whose values are parsed with PostgreSQL's own parser (a cast, or
+# pg_input_is_valid): every spec type but text, as the same SQL type bronze casts to.
+PG_TYPES = {name: sql_type for name, sql_type in SQL_TYPES.items() if name != "text"}
 
 
 @dataclass

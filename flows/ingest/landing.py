@@ -28,24 +28,32 @@ import psycopg
 from psycopg import sql
 
 from flows.ingest.readers import CopyStream, FileRejected
-from flows.meta import META, ensure_meta_table
+from flows.meta import INGEST_BATCHES, ensure_meta_table, relation
 from flows.specs import TableSpec
 
 log = logging.getLogger(__name__)
 
 RAW = "raw"
 
+# Every raw row's provenance and governance columns (name -> type), after its data columns.
 PROVENANCE_COLUMNS = {
-    "_batch_id": "text NOT NULL",
-    "_record_no": "bigint NOT NULL",
-    "_ingested_at": "timestamptz NOT NULL",
-    "_source_uri": "text NOT NULL",
+    "_batch_id": "text",
+    "_record_no": "bigint",
+    "_ingested_at": "timestamptz",
+    "_source_uri": "text",
     "_data_category": "text",
     "_consent": "text",
     "_region": "text",
     "_retention_until": "date",
     "_owner": "text",
 }
+_REQUIRED = {"_batch_id", "_record_no", "_ingested_at", "_source_uri"}
+
+
+def _provenance_type(name: str) -> sql.Composable:
+    """The column's type, NOT NULL where every row must carry it."""
+    required = " NOT NULL" if name in _REQUIRED else ""
+    return sql.SQL(PROVENANCE_COLUMNS[name] + required)
 
 
 @dataclass(frozen=True)
@@ -82,40 +90,7 @@ def lock_table(conn: psycopg.Connection, table: str) -> None:
 
 def ensure_meta(conn: psycopg.Connection) -> None:
     """The batch log, ``meta.ingest_batches``: every attempt to land a file."""
-    ensure_meta_table(
-        conn,
-        "ingest_batches",
-        """
-        id bigserial PRIMARY KEY,
-        batch_id text NOT NULL,
-        dataset text NOT NULL,
-        table_name text NOT NULL,
-        source_uri text NOT NULL,
-        sha256 text NOT NULL,
-        bytes bigint NOT NULL,
-        rows bigint,
-        run_id text,
-        status text NOT NULL CHECK (status IN ('loaded', 'rejected', 'failed')),
-        reason text,
-        report_uri text,
-        started_at timestamptz NOT NULL,
-        finished_at timestamptz NOT NULL,
-        duration_s double precision NOT NULL
-        """,
-    )
-    # Where a batch's time went: streaming it in, and the contract gate.
-    conn.execute(
-        sql.SQL(
-            "ALTER TABLE {}.ingest_batches ADD COLUMN IF NOT EXISTS copy_s double precision, "
-            "ADD COLUMN IF NOT EXISTS gate_s double precision"
-        ).format(sql.Identifier(META))
-    )
-    conn.execute(
-        sql.SQL(
-            "CREATE UNIQUE INDEX IF NOT EXISTS ingest_batches_loaded_once "
-            "ON {}.ingest_batches (table_name, sha256) WHERE status = 'loaded'"
-        ).format(sql.Identifier(META))
-    )
+    ensure_meta_table(conn, INGEST_BATCHES)
 
 
 def ensure_raw_table(conn: psycopg.Connection, table: str, spec: TableSpec) -> None:
@@ -124,8 +99,8 @@ def ensure_raw_table(conn: psycopg.Connection, table: str, spec: TableSpec) -> N
     target = sql.Identifier(RAW, table)
     data_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in spec.columns]
     provenance = [
-        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
-        for name, kind in PROVENANCE_COLUMNS.items()
+        sql.SQL("{} {}").format(sql.Identifier(name), _provenance_type(name))
+        for name in PROVENANCE_COLUMNS
     ]
     conn.execute(
         sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) PARTITION BY LIST (_batch_id)").format(
@@ -144,9 +119,9 @@ def loaded_batch(conn: psycopg.Connection, table: str, sha256: str) -> tuple[str
     """``(batch_id, rows)`` of the batch already loaded from this content, if any."""
     row = conn.execute(
         sql.SQL(
-            "SELECT batch_id, rows FROM {}.ingest_batches "
+            "SELECT batch_id, rows FROM {} "
             "WHERE table_name = %s AND sha256 = %s AND status = 'loaded'"
-        ).format(sql.Identifier(META)),
+        ).format(relation(INGEST_BATCHES)),
         (table, sha256),
     ).fetchone()
     return (row[0], row[1]) if row else None
@@ -181,7 +156,7 @@ def create_partition(conn: psycopg.Connection, table: str, batch_id: str) -> sql
     ]
     columns.append(
         sql.SQL("_record_no {} DEFAULT nextval({})").format(
-            sql.SQL(PROVENANCE_COLUMNS["_record_no"]), sql.Literal(sequence)
+            _provenance_type("_record_no"), sql.Literal(sequence)
         )
     )
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(part, sql.SQL(", ").join(columns)))
@@ -196,7 +171,7 @@ def stamp_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) -> 
     values = stamp.defaults()
     added = [
         sql.SQL("ADD COLUMN {} {} DEFAULT {}").format(
-            sql.Identifier(column), sql.SQL(PROVENANCE_COLUMNS[column]), sql.Literal(value)
+            sql.Identifier(column), _provenance_type(column), sql.Literal(value)
         )
         for column, value in values.items()
     ]
@@ -286,8 +261,8 @@ def record_batch(conn: psycopg.Connection, **values: object) -> None:
     """One row in ``meta.ingest_batches`` (loaded, rejected or failed)."""
     columns = list(values)
     conn.execute(
-        sql.SQL("INSERT INTO {}.ingest_batches ({}) VALUES ({})").format(
-            sql.Identifier(META),
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            relation(INGEST_BATCHES),
             sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             sql.SQL(", ").join(sql.Placeholder(c) for c in columns),
         ),

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 from sqlmesh import Context
@@ -19,14 +20,13 @@ from sqlmesh.core.console import Console, NoopConsole, get_console, set_console
 
 from flows.database import database_url
 from flows.settings import Settings
+from flows.specs import SQL_TYPES, DatasetSpec, bundled_specs
+from flows.transform.external_models import SpecLoader
+from flows.transform.results import TransformFailed
 
 TRANSFORMS_DIR = Path(__file__).resolve().parents[2] / "transforms"
 GATEWAY = "shardyard"
 STATE_SCHEMA = "sqlmesh_state"
-LOCAL_TIME_ZONE = "America/New_York"
-TRANSFORM_START = date(2013, 1, 1)
-GOLD_MODEL = "gold.flight_delay_examples"
-MODEL_SCHEMAS = ("bronze", "silver", "gold")
 
 
 def connection_config(url: str) -> PostgresConnectionConfig:
@@ -50,6 +50,7 @@ def sqlmesh_config(settings: Settings) -> Config:
     schema of the same database, short physical table names (PostgreSQL cuts identifiers at
     63 characters), every model in every environment (virtual environments are complete)."""
     connection = connection_config(database_url(settings))
+    specs = bundled_specs()
     return Config(
         project="shardyard",
         gateways={
@@ -59,14 +60,44 @@ def sqlmesh_config(settings: Settings) -> Config:
         },
         default_gateway=GATEWAY,
         model_defaults=ModelDefaultsConfig(
-            dialect="postgres", start=TRANSFORM_START.isoformat(), cron="@daily"
+            dialect="postgres", start=earliest_start(specs).isoformat(), cron="@daily"
         ),
         physical_table_naming_convention=TableNamingConvention.HASH_MD5,
         plan=PlanConfig(include_unmodified=True),
-        variables={"local_tz": LOCAL_TIME_ZONE},
+        variables=model_variables(specs),
+        loader=SpecLoader,
         cache_dir=str((settings.home / "sqlmesh-cache").resolve()),
         disable_anonymized_analytics=True,
     )
+
+
+def model_variables(specs: list[DatasetSpec]) -> dict[str, Any]:
+    """What the models learn from the dataset specs, as SQLMesh variables (SQLMesh fingerprints
+    the ones a model uses, so a changed spec rebuilds exactly the models that read it):
+
+    - ``<dataset>_start`` and ``<dataset>_time_zone``: the spec's ``transform`` section;
+    - ``raw_<table>_contract``: a raw table's columns with the SQL type bronze casts each to
+      (the type the contract gate checks) and its null markers, for ``@typed_columns``.
+    """
+    variables: dict[str, Any] = {}
+    for spec in specs:
+        if spec.transform is not None:
+            variables[f"{spec.name}_start"] = spec.transform.start.isoformat()
+            if spec.transform.time_zone:
+                variables[f"{spec.name}_time_zone"] = spec.transform.time_zone
+        for name, table in spec.tables.items():
+            variables[f"raw_{name}_contract"] = {
+                "columns": {column: SQL_TYPES[c.type] for column, c in table.columns.items()},
+                "null_markers": list(table.null_markers),
+            }
+    return variables
+
+
+def earliest_start(specs: list[DatasetSpec]) -> date:
+    """The models' default start: the first day of the earliest dataset (each dataset's
+    models declare their own ``start @<dataset>_start``)."""
+    starts = [spec.transform.start for spec in specs if spec.transform is not None]
+    return min(starts, default=date(2000, 1, 1))
 
 
 def sqlmesh_context(settings: Settings, console: Console | None = None) -> Context:
@@ -97,6 +128,26 @@ def environment_name(settings: Settings) -> str:
 
 
 # --- recording what SQLMesh ran ---------------------------------------------------------------
+
+
+def dataset_models(context: Context, dataset: str) -> list[str]:
+    """The names of a dataset's models: those defined under ``transforms/models/<dataset>/``,
+    and the external models (raw and meta tables) they read."""
+    folder = (TRANSFORMS_DIR / "models" / dataset).resolve()
+    own = [
+        model
+        for model in context.models.values()
+        if model._path is not None and folder in Path(model._path).resolve().parents
+    ]
+    if not own:
+        raise TransformFailed(f"dataset {dataset!r} has no SQLMesh models under {folder}")
+    external = {
+        context.models[parent].name
+        for model in own
+        for parent in model.depends_on
+        if parent in context.models and context.models[parent].kind.is_external
+    }
+    return sorted({model.name for model in own} | external)
 
 
 def view_schema(environment: str, layer: str) -> str:

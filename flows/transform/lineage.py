@@ -10,56 +10,56 @@ from sqlmesh.core.environment import Environment
 
 from flows.database import connect, relation_exists
 from flows.settings import Settings
-from flows.transform.config import (
-    GOLD_MODEL,
-    MODEL_SCHEMAS,
-    environment_name,
-    sqlmesh_context,
-    view_schema,
-)
+from flows.specs import DatasetSpec
+from flows.transform.config import environment_name, sqlmesh_context, view_schema
 from flows.transform.console import display_name
-from flows.transform.restatement import RAW_TABLES
+from flows.transform.restatement import BRONZE
 from flows.transform.results import TransformFailed
 
 
-def layer_row_counts(settings: Settings) -> dict[str, int]:
-    """Rows per bronze/silver/gold model in the environment, e.g. ``{"gold.flight_delay_examples":
-    327346, ...}`` (models not built yet are left out)."""
-    environment = environment_name(settings)
+def layer_row_counts(settings: Settings, models: list[str]) -> dict[str, int]:
+    """Rows per model of ``models`` (``"schema.table"`` names) in the environment, e.g.
+    ``{"gold.flight_delay_examples": 327346, ...}`` (models not built yet are left out)."""
     counts: dict[str, int] = {}
     with connect(settings) as conn:
-        for layer in MODEL_SCHEMAS:
-            schema = view_schema(environment, layer)
-            tables = conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-                "ORDER BY table_name",
-                (schema,),
-            ).fetchall()
-            for (table,) in tables:
+        for model in sorted(models):
+            schema, table = view_relation(settings, model)
+            if relation_exists(conn, schema, table):
                 query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-                counts[f"{layer}.{table}"] = conn.execute(query).fetchone()[0]
+                counts[model] = conn.execute(query).fetchone()[0]
     return counts
 
 
-def gold_relation(settings: Settings) -> tuple[str, str]:
-    """(schema, table) of the gold examples in the environment: ``("gold",
-    "flight_delay_examples")`` in prod, ``("gold__dev", ...)`` in dev."""
-    return view_schema(environment_name(settings), "gold"), "flight_delay_examples"
+def view_relation(settings: Settings, model: str) -> tuple[str, str]:
+    """(schema, table) where the environment shows ``model``: ``gold.x`` is ``("gold", "x")``
+    in prod and ``("gold__dev", "x")`` in dev."""
+    layer, _, table = model.rpartition(".")
+    return view_schema(environment_name(settings), layer), table
 
 
-def gold_lineage(settings: Settings) -> dict[str, Any]:
-    """What the environment's gold examples are built from, deterministically: the SQLMesh
-    fingerprint of gold and of every model upstream of it, and the raw batches bronze holds.
+def gold_relation(settings: Settings, spec: DatasetSpec) -> tuple[str, str]:
+    """(schema, table) of the dataset's gold examples in the environment."""
+    if spec.gold_model is None:
+        raise TransformFailed(f"dataset {spec.name!r} names no gold model (publish.source)")
+    return view_relation(settings, spec.gold_model)
+
+
+def gold_lineage(settings: Settings, spec: DatasetSpec) -> dict[str, Any]:
+    """What the environment's gold examples of ``spec`` are built from, deterministically: the
+    SQLMesh fingerprint of gold and of every model upstream of it, and the raw batches bronze
+    holds.
 
     The same code and inputs give the same dict (no timestamps, no plan ids)."""
     environment = environment_name(settings)
+    schema, table = gold_relation(settings, spec)
+    gold_model = spec.gold_model
     context = sqlmesh_context(settings)
     try:
         env = context.state_reader.get_environment(environment)
         if env is None:
             raise TransformFailed(f"environment {environment!r} has not been built yet")
         snapshots = _snapshot_infos(env)
-        gold = snapshots[_fqn_matching(snapshots, GOLD_MODEL)]
+        gold = snapshots[_fqn_matching(snapshots, gold_model)]
         upstream = _upstream_names(snapshots, gold.name)
         models = {
             display_name(name): {
@@ -72,15 +72,14 @@ def gold_lineage(settings: Settings) -> dict[str, Any]:
         }
     finally:
         context.close()
-    schema, table = gold_relation(settings)
     return {
         "engine": "sqlmesh",
         "environment": environment,
         "relation": f"{schema}.{table}",
-        "model": GOLD_MODEL,
-        "fingerprint": models[GOLD_MODEL]["fingerprint"],
+        "model": gold_model,
+        "fingerprint": models[gold_model]["fingerprint"],
         "models": models,
-        "input_batches": _bronze_batches(settings, environment),
+        "input_batches": _bronze_batches(settings, environment, list(spec.tables)),
     }
 
 
@@ -108,11 +107,13 @@ def _upstream_names(snapshots: dict[str, Any], name: str) -> set[str]:
     return found
 
 
-def _bronze_batches(settings: Settings, environment: str) -> dict[str, list[str]]:
-    schema = view_schema(environment, "bronze")
+def _bronze_batches(
+    settings: Settings, environment: str, tables: list[str]
+) -> dict[str, list[str]]:
+    schema = view_schema(environment, BRONZE)
     batches: dict[str, list[str]] = {}
     with connect(settings) as conn:
-        for table in RAW_TABLES:
+        for table in tables:
             if not relation_exists(conn, schema, table):
                 continue
             rows = conn.execute(
@@ -122,6 +123,3 @@ def _bronze_batches(settings: Settings, environment: str) -> dict[str, list[str]
             ).fetchall()
             batches[f"raw.{table}"] = [row[0] for row in rows]
     return batches
-
-
-# --- small helpers ----------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 
 A batch that landed (``meta.ingest_batches``, status ``loaded``) but is in no bronze table
 yet, or that bronze holds but is no longer loaded (withdrawn), restates the UTC days of its
-events in bronze and silver, and in gold those days plus the days whose windowed features
-can see them. A reference batch restates everything downstream of it.
+rows (the table's ``time_column``) in ``bronze.<table>`` and everything downstream, and gold
+also over the days around them that can see those rows (the table's ``gold_reach``). A batch
+of a reference table (no ``time_column``) restates everything downstream of it.
+
+Every raw table ``raw.<table>`` of a dataset is read by its model ``bronze.<table>``, which
+keeps the table's columns under their own names.
 """
 
 from __future__ import annotations
@@ -14,89 +18,97 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
-from sqlmesh import Context
 
 from flows.database import connect, relation_exists
+from flows.ingest.landing import RAW
+from flows.meta import INGEST_BATCHES, relation
 from flows.settings import Settings
-from flows.transform.config import GOLD_MODEL, TRANSFORM_START, view_schema
-from flows.transform.console import RecordingConsole
-from flows.transform.plans import plan_and_apply
-from flows.transform.results import (
-    RawDataRejected,
-    Restatement,
-    TransformFailed,
-    TransformResult,
-    utc_midnight,
-)
+from flows.specs import GoldReach, TableSpec
+from flows.transform.config import view_schema
+from flows.transform.plans import Session
+from flows.transform.results import RawDataRejected, Restatement, TransformFailed, utc_midnight
 
-# A changed flight of UTC day D moves windowed gold features of days D .. D+4 at most: its
-# departure and arrival lie within 2 days of its schedule (audit events_near_schedule), the
-# widest window is 24 hours and the anchor is 2 hours before departure.
-FLIGHT_CHANGE_REACH = timedelta(days=4)
-# A changed hourly observation is the as-of weather of anchors up to the next observation;
-# the source has gaps of at most a few hours.
-WEATHER_CHANGE_REACH = timedelta(days=1)
+BRONZE = "bronze"
+
+
+def bronze_model(table: str) -> str:
+    """The model that reads ``raw.<table>``."""
+    return f"{BRONZE}.{table}"
 
 
 def restate_models(
-    context: Context,
-    environment: str,
-    console: RecordingConsole,
-    result: TransformResult,
+    session: Session,
     models: Sequence[str],
     start: datetime | None,
     end: datetime | None,
     *,
     reason: str,
-    gold_reach: timedelta | None = None,
+    reach: GoldReach | None = None,
 ) -> None:
     """Restate ``models`` (and, through SQLMesh, everything downstream) over ``[start, end)``;
-    then gold over the following ``gold_reach`` days its windowed features look back into."""
+    then gold over the days before and after that ``reach`` says can see them."""
     today = utc_midnight(datetime.now(UTC).date())
     if start is not None and end is not None:
         end = min(end, today)
         if end <= start:
             return
-    reach_end = min(end + gold_reach, today) if gold_reach and end is not None else None
+    around = _reach_ranges(start, end, reach, today)
     try:
-        plan = plan_and_apply(
-            context,
-            environment,
-            console,
+        plan = session.plan_and_apply(
             restate_models=models,
             start=start,
             end=end - timedelta(microseconds=1) if end else None,
         )
     except TransformFailed:
-        if end is not None and reach_end is not None and reach_end > end:
+        for first, last in around:
             # not restated now: leave gold's reach due, so a later run recomputes it
-            _clear_intervals(context, GOLD_MODEL, end, reach_end)
+            session.clear_intervals(_gold(session), first, last)
         raise
     if not plan.restatements:
         # A virtual environment shares prod's tables for unchanged models; SQLMesh restates
         # those only through prod (it warns), and this environment sees the result.
-        console.log_warning(f"{environment}: nothing restated for {reason}; restate in prod")
+        session.console.log_warning(
+            f"{session.environment}: nothing restated for {reason}; restate in prod"
+        )
         return
-    result.restatements.append(Restatement(tuple(models), start, end, reason))
-    if end is not None and reach_end is not None and reach_end > end:
-        plan_and_apply(
-            context,
-            environment,
-            console,
-            restate_models=[GOLD_MODEL],
-            start=end,
-            end=reach_end - timedelta(microseconds=1),
+    session.result.restatements.append(Restatement(tuple(models), start, end, reason))
+    gold = _gold(session) if around else None
+    for first, last in around:
+        assert gold is not None
+        session.plan_and_apply(
+            restate_models=[gold], start=first, end=last - timedelta(microseconds=1)
         )
-        result.restatements.append(
-            Restatement((GOLD_MODEL,), end, reach_end, f"{reason}: windowed features")
+        session.result.restatements.append(
+            Restatement((gold,), first, last, f"{reason}: gold examples that can see them")
         )
 
 
-def _clear_intervals(context: Context, model: str, start: datetime, end: datetime) -> None:
-    """Mark ``[start, end)`` of ``model`` as not computed, so the next run computes it."""
-    snapshot = context.get_snapshot(model, raise_if_missing=True)
-    interval = (int(start.timestamp() * 1000), int(end.timestamp() * 1000))
-    context.state_sync.remove_intervals([(snapshot, interval)])
+def _gold(session: Session) -> str:
+    gold = session.spec.gold_model
+    if gold is None:
+        raise TransformFailed(f"dataset {session.spec.name!r} names no gold model (publish.source)")
+    return gold
+
+
+def _reach_ranges(
+    start: datetime | None, end: datetime | None, reach: GoldReach | None, today: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The gold day ranges before ``start`` and after ``end`` that ``reach`` covers."""
+    if reach is None or start is None or end is None:
+        return []
+    ranges = [
+        (start - timedelta(days=reach.before_days), start),
+        (end, min(end + timedelta(days=reach.after_days), today)),
+    ]
+    return [(first, last) for first, last in ranges if first < last]
+
+
+def widest_reach(tables: Sequence[TableSpec]) -> GoldReach:
+    """A reach that covers every one of ``tables``' reaches."""
+    return GoldReach(
+        before_days=max((t.gold_reach.before_days for t in tables), default=0),
+        after_days=max((t.gold_reach.after_days for t in tables), default=0),
+    )
 
 
 # --- raw batches the bronze tables do not reflect yet ------------------------------------------
@@ -120,77 +132,70 @@ class PendingBatches:
         return self.new + self.withdrawn
 
 
-# Event date of a raw row, from its text: the local (New York) date of a flight, which spans
-# two UTC days, and the UTC date of a weather observation.
-_RAW_EVENT_DAY = {
-    "flights": sql.SQL(
-        "CASE WHEN pg_input_is_valid(year || '-' || month || '-' || day, 'date') "
-        "THEN (year || '-' || month || '-' || day)::date END"
-    ),
-    "weather": sql.SQL(
-        "CASE WHEN pg_input_is_valid(time_hour, 'timestamptz') "
-        "THEN (time_hour::timestamptz AT TIME ZONE 'UTC')::date END"
-    ),
-}
-_LOCAL_DATE_SPAN = {"flights": timedelta(days=1), "weather": timedelta(0)}
-_BRONZE_TIME_COLUMN = {"flights": "sched_dep_ts", "weather": "time_hour"}
-_REFERENCE_TABLES = ("planes", "airports", "airlines")
-RAW_TABLES = (*_RAW_EVENT_DAY, *_REFERENCE_TABLES)
-
-
-def pending_batches(settings: Settings, environment: str) -> list[PendingBatches]:
-    """Per raw table, the batches that bronze in ``environment`` does not reflect yet."""
+def pending_batches(
+    settings: Settings, environment: str, tables: dict[str, TableSpec]
+) -> list[PendingBatches]:
+    """Per raw table of ``tables``, the batches that bronze in ``environment`` does not reflect."""
     with connect(settings) as conn:
-        loaded = {
-            row[0]
-            for row in conn.execute(
-                "SELECT batch_id FROM meta.ingest_batches WHERE status = 'loaded'"
-            )
-        }
-        found = [_pending_for_table(conn, t, environment, loaded) for t in RAW_TABLES]
+        found = [_pending_for_table(conn, name, spec, environment) for name, spec in tables.items()]
     return [pending for pending in found if pending is not None]
 
 
+def _utc_day(value: sql.Composable) -> sql.Composable:
+    return sql.SQL("({} AT TIME ZONE 'UTC')::date").format(value)
+
+
 def _pending_for_table(
-    conn: psycopg.Connection, table: str, environment: str, loaded: set[str]
+    conn: psycopg.Connection, table: str, spec: TableSpec, environment: str
 ) -> PendingBatches | None:
-    if not relation_exists(conn, "raw", table):
+    if not relation_exists(conn, RAW, table):
         return None
-    bronze = sql.Identifier(view_schema(environment, "bronze"), table)
+    schema = view_schema(environment, BRONZE)
+    bronze = sql.Identifier(schema, table)
     seen: set[str] = set()
-    if relation_exists(conn, view_schema(environment, "bronze"), table):
+    if relation_exists(conn, schema, table):
         query = sql.SQL("SELECT DISTINCT _batch_id FROM {}").format(bronze)
         seen = {row[0] for row in conn.execute(query)}
-    raw = sql.Identifier("raw", table)
+    loaded = {
+        row[0]
+        for row in conn.execute(
+            sql.SQL("SELECT batch_id FROM {} WHERE status = 'loaded' AND table_name = %s").format(
+                relation(INGEST_BATCHES)
+            ),
+            (table,),
+        )
+    }
+    raw = sql.Identifier(RAW, table)
     new_candidates = sorted(loaded - seen)
     new: tuple[str, ...] = ()
-    if new_candidates:  # which of them are batches of this table
+    if new_candidates:  # the ones whose rows are still in raw
         query = sql.SQL("SELECT DISTINCT _batch_id FROM {} WHERE _batch_id = ANY(%s)").format(raw)
         new = tuple(sorted(row[0] for row in conn.execute(query, (new_candidates,))))
     withdrawn = tuple(sorted(seen - loaded))
     if not new and not withdrawn:
         return None
-    if table in _REFERENCE_TABLES:
+    if spec.time_column is None:
         return PendingBatches(table, new, withdrawn, None, None)
+    column = sql.Identifier(spec.time_column)
     days: list[date] = []
     unplaceable = 0
     if new:
+        day = sql.SQL("CASE WHEN pg_input_is_valid({c}, 'timestamptz') THEN {d} END").format(
+            c=column, d=_utc_day(sql.SQL("{}::timestamptz").format(column))
+        )
         first, last, unplaceable = conn.execute(
             sql.SQL(
                 "SELECT min(d), max(d), count(*) FILTER (WHERE d IS NULL)"
                 " FROM (SELECT {} AS d FROM {} WHERE _batch_id = ANY(%s)) AS batch_rows"
-            ).format(_RAW_EVENT_DAY[table], raw),
+            ).format(day, raw),
             (list(new),),
         ).fetchone()
         if first is not None:
-            days += [first, last + _LOCAL_DATE_SPAN[table]]
+            days += [first, last]
     if withdrawn:
-        utc_day = sql.SQL("({} AT TIME ZONE 'UTC')::date").format(
-            sql.Identifier(_BRONZE_TIME_COLUMN[table])
-        )
         first, last = conn.execute(
             sql.SQL("SELECT min({day}), max({day}) FROM {} WHERE _batch_id = ANY(%s)").format(
-                bronze, day=utc_day
+                bronze, day=_utc_day(column)
             ),
             (list(withdrawn),),
         ).fetchone()
@@ -201,45 +206,38 @@ def _pending_for_table(
     )
 
 
-def restate_pending_batches(
-    context: Context,
-    settings: Settings,
-    environment: str,
-    console: RecordingConsole,
-    result: TransformResult,
-) -> None:
-    for pending in pending_batches(settings, environment):
-        result.pending_batches[pending.table] = list(pending.batch_ids)
-        model = f"bronze.{pending.table}"
+def restate_pending_batches(session: Session, settings: Settings) -> None:
+    """Restate what every pending batch of the session's dataset touches (module docstring)."""
+    spec = session.spec
+    for pending in pending_batches(settings, session.environment, spec.tables):
+        session.result.pending_batches[pending.table] = list(pending.batch_ids)
+        table = spec.tables[pending.table]
+        model = bronze_model(pending.table)
         reason = f"raw.{pending.table} batch(es) {', '.join(pending.batch_ids)}"
-        if pending.table in _REFERENCE_TABLES:
+        if table.time_column is None:
             # Reference data has no event time: everything downstream is restated.
-            restate_models(
-                context, environment, console, result, [model], None, None, reason=reason
-            )
+            restate_models(session, [model], None, None, reason=reason)
             continue
         if pending.unplaceable_rows or pending.first_day is None or pending.last_day is None:
             raise RawDataRejected(
                 f"raw.{pending.table} batch(es) {', '.join(pending.new)}: "
-                f"{pending.unplaceable_rows} row(s) have no valid event date, so no interval "
-                "can hold them; withdraw the batch (status 'rejected') and land a fixed one",
+                f"{pending.unplaceable_rows} row(s) have no valid {table.time_column}, so no "
+                "interval can hold them; withdraw the batch (status 'rejected') and land a "
+                "fixed one",
                 model=model,
             )
-        if pending.first_day < TRANSFORM_START:
+        start = spec.transform.start if spec.transform else None
+        if start is not None and pending.first_day < start:
             raise RawDataRejected(
                 f"raw.{pending.table} batch(es) {', '.join(pending.new)} hold events from "
-                f"{pending.first_day}, before the transform start {TRANSFORM_START}",
+                f"{pending.first_day}, before the dataset's start {start}",
                 model=model,
             )
-        reach = FLIGHT_CHANGE_REACH if pending.table == "flights" else WEATHER_CHANGE_REACH
         restate_models(
-            context,
-            environment,
-            console,
-            result,
+            session,
             [model],
             utc_midnight(pending.first_day),
             utc_midnight(pending.last_day + timedelta(days=1)),
             reason=reason,
-            gold_reach=reach,
+            reach=table.gold_reach,
         )

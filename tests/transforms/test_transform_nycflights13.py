@@ -16,6 +16,7 @@ from flows.transform.lineage import layer_row_counts
 from flows.transform.results import TransformResult
 from flows.transform.runner import run_transform
 from tests.transforms.conftest import (
+    FLIGHTS_MODELS,
     land,
     local_day,
     query,
@@ -55,12 +56,12 @@ def full(
     with scratch_database(pg_server_url) as url:
         settings = settings_for(url, tmp_path_factory.mktemp("full"))
         ingest_dataset(settings, "flights")
-        yield settings, run_transform(settings)
+        yield settings, run_transform(settings, "flights")
 
 
 def test_every_layer_has_exact_row_counts(full: tuple[Settings, TransformResult]) -> None:
     settings, result = full
-    assert layer_row_counts(settings) == EXPECTED_COUNTS
+    assert layer_row_counts(settings, FLIGHTS_MODELS) == EXPECTED_COUNTS
     [(cancelled, unlabeled)] = query(
         settings,
         "SELECT count(*) FILTER (WHERE cancelled), "
@@ -158,7 +159,7 @@ def test_rerunning_changes_nothing(full: tuple[Settings, TransformResult]) -> No
     settings, _ = full
     before = table_checksum(settings, GOLD, "example_id")
 
-    again = run_transform(settings)
+    again = run_transform(settings, "flights")
 
     assert again.evaluations == [] and again.restatements == []
     assert table_checksum(settings, GOLD, "example_id") == before
@@ -189,7 +190,7 @@ def test_one_more_day_of_flights_runs_only_the_intervals_it_affects(
     new_day = shifted_day(tmp_path, date(2013, 12, 31), date(2014, 1, 1))
     land(settings, {"flights": new_day})
 
-    result = run_transform(settings)
+    result = run_transform(settings, "flights")
 
     # New York's 2014-01-01 is UTC 01-01 05:00 to 01-02 05:00; gold's windows reach 4 days on.
     new_days = [date(2014, 1, 1), date(2014, 1, 2)]
@@ -202,5 +203,5 @@ def test_one_more_day_of_flights_runs_only_the_intervals_it_affects(
         "SELECT count(*) FROM silver.flights WHERE flight_date = '2013-12-31' "
         "AND NOT cancelled AND arr_delay IS NOT NULL",
     )
-    assert layer_row_counts(settings)[GOLD] == EXPECTED_COUNTS[GOLD] + labeled
+    assert layer_row_counts(settings, FLIGHTS_MODELS)[GOLD] == EXPECTED_COUNTS[GOLD] + labeled
     assert table_checksum(settings, history, "example_id") == history_before

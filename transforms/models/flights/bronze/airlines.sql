@@ -1,5 +1,6 @@
 MODEL (
   name bronze.airlines,
+  start @flights_start,
   description 'Typed carrier records from every loaded raw.airlines batch, all versions kept. Small reference data: rebuilt whole.',
   kind FULL,
   grain (_batch_id, _record_no),
@@ -12,7 +13,7 @@ MODEL (
 );
 
 SELECT
-  @typed_columns((carrier, 'text'), (name, 'text')),
+  @typed_columns(@raw_airlines_contract),
   @provenance_columns()
 FROM raw.airlines
 WHERE

@@ -1,5 +1,6 @@
 MODEL (
   name bronze.airports,
+  start @flights_start,
   description 'Typed airport records from every loaded raw.airports batch, all versions kept. Small reference data: rebuilt whole.',
   kind FULL,
   grain (_batch_id, _record_no),
@@ -14,16 +15,7 @@ MODEL (
 );
 
 SELECT
-  @typed_columns(
-      (faa, 'text'),
-      (name, 'text'),
-      (lat, 'double precision'),
-      (lon, 'double precision'),
-      (alt, 'double precision'),
-      (tz, 'double precision'),
-      (dst, 'text'),
-      (tzone, 'text')
-    ),
+  @typed_columns(@raw_airports_contract),
   @provenance_columns()
 FROM raw.airports
 WHERE

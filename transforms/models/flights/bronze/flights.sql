@@ -1,5 +1,6 @@
 MODEL (
   name bronze.flights,
+  start @flights_start,
   description 'Typed flights from every loaded raw.flights batch: one row per landed record, all versions kept. Casts cannot fail silently: a present value that does not cast is listed in _cast_failures and fails the values_cast audit.',
   kind INCREMENTAL_BY_TIME_RANGE (
     time_column sched_dep_ts
@@ -16,8 +17,8 @@ MODEL (
     scheduled_hour_matches_time_hour
   ),
   column_descriptions (
-    sched_dep_ts = 'Scheduled departure in UTC, from the local New York date and HHMM time; the time column.',
-    flight_date = 'Local (New York) date of the scheduled departure.',
+    sched_dep_ts = 'Scheduled departure in UTC, from the local date and HHMM time; the time column.',
+    flight_date = 'Local date of the scheduled departure, in the dataset''s time zone.',
     _cast_failures = 'Comma-separated names of the columns whose present value did not cast; empty when all cast.'
   )
 );
@@ -30,27 +31,7 @@ WITH landed AS (
     @from_loaded_batch(r._batch_id)
 ), typed AS (
   SELECT
-    @typed_columns(
-      (year, 'integer'),
-      (month, 'integer'),
-      (day, 'integer'),
-      (dep_time, 'integer'),
-      (sched_dep_time, 'integer'),
-      (dep_delay, 'double precision'),
-      (arr_time, 'integer'),
-      (sched_arr_time, 'integer'),
-      (arr_delay, 'double precision'),
-      (carrier, 'text'),
-      (flight, 'integer'),
-      (tailnum, 'text'),
-      (origin, 'text'),
-      (dest, 'text'),
-      (air_time, 'double precision'),
-      (distance, 'double precision'),
-      (hour, 'integer'),
-      (minute, 'integer'),
-      (time_hour, 'timestamptz')
-    ),
+    @typed_columns(@raw_flights_contract),
     @provenance_columns()
   FROM landed
 ), dated AS (
@@ -58,7 +39,7 @@ WITH landed AS (
     typed.*,
     CASE
       WHEN PG_INPUT_IS_VALID(year || '-' || month || '-' || day, 'date')
-      THEN MAKE_DATE(year, month, day)
+      THEN MAKE_DATE(year::INT, month::INT, day::INT)
     END::DATE AS flight_date
   FROM typed
 )
@@ -83,12 +64,12 @@ SELECT
   minute,
   time_hour,
   flight_date,
-  @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz)::TIMESTAMPTZ AS sched_dep_ts,
+  @local_hhmm_to_utc(flight_date, sched_dep_time, @flights_time_zone)::TIMESTAMPTZ AS sched_dep_ts,
   _cast_failures,
   @provenance_columns()
 FROM dated
 WHERE
-  @local_hhmm_to_utc(flight_date, sched_dep_time, @local_tz) BETWEEN @start_tstz AND @end_tstz;
+  @local_hhmm_to_utc(flight_date, sched_dep_time, @flights_time_zone) BETWEEN @start_tstz AND @end_tstz;
 
 @create_index(@this_model, sched_dep_ts);
 @create_index(@this_model, _batch_id);

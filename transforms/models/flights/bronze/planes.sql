@@ -1,5 +1,6 @@
 MODEL (
   name bronze.planes,
+  start @flights_start,
   description 'Typed aircraft records from every loaded raw.planes batch, all versions kept. Small reference data: rebuilt whole.',
   kind FULL,
   grain (_batch_id, _record_no),
@@ -15,17 +16,7 @@ MODEL (
 );
 
 SELECT
-  @typed_columns(
-      (tailnum, 'text'),
-      (year, 'integer'),
-      (type, 'text'),
-      (manufacturer, 'text'),
-      (model, 'text'),
-      (engines, 'integer'),
-      (seats, 'integer'),
-      (speed, 'double precision'),
-      (engine, 'text')
-    ),
+  @typed_columns(@raw_planes_contract),
   @provenance_columns()
 FROM raw.planes
 WHERE

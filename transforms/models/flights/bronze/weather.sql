@@ -1,5 +1,6 @@
 MODEL (
   name bronze.weather,
+  start @flights_start,
   description 'Typed hourly weather observations from every loaded raw.weather batch: one row per landed record, all versions kept.',
   kind INCREMENTAL_BY_TIME_RANGE (
     time_column time_hour
@@ -29,23 +30,7 @@ WITH landed AS (
     @from_loaded_batch(r._batch_id)
 ), typed AS (
   SELECT
-    @typed_columns(
-      (origin, 'text'),
-      (year, 'integer'),
-      (month, 'integer'),
-      (day, 'integer'),
-      (hour, 'integer'),
-      (temp, 'double precision'),
-      (dewp, 'double precision'),
-      (humid, 'double precision'),
-      (wind_dir, 'double precision'),
-      (wind_speed, 'double precision'),
-      (wind_gust, 'double precision'),
-      (precip, 'double precision'),
-      (pressure, 'double precision'),
-      (visib, 'double precision'),
-      (time_hour, 'timestamptz')
-    ),
+    @typed_columns(@raw_weather_contract),
     @provenance_columns()
   FROM landed
 )

@@ -1,5 +1,6 @@
 MODEL (
   name gold.flight_delay_examples,
+  start @flights_start,
   description 'Training examples for arrival-delay prediction: one row per flight with a known arrival delay (cancelled and unlabeled flights excluded), anchored 2 hours before its scheduled departure. Every feature uses only what was known at anchor_ts: static schedule and reference data, the latest weather observation at or before the anchor, and windows over events strictly before the anchor. Nothing the flight itself does after the anchor is a feature; arr_delay_min and label_delayed are the labels.',
   kind INCREMENTAL_BY_TIME_RANGE (
     time_column sched_dep_ts

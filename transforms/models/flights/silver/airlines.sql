@@ -1,5 +1,6 @@
 MODEL (
   name silver.airlines,
+  start @flights_start,
   description 'Carrier dimension: one row per carrier code, the latest ingested version.',
   kind FULL,
   grain carrier,

@@ -1,8 +1,9 @@
 MODEL (
   name silver.airport_timezones,
+  start @flights_start,
   description 'Curated reference data kept with the code: IANA time zones of destination airports that the airports source lacks (needed to place arrivals in UTC).',
   kind SEED (
-    path '../../seeds/airport_timezones.csv'
+    path '../../../seeds/flights/airport_timezones.csv'
   ),
   columns (
     faa TEXT,

@@ -1,5 +1,6 @@
 MODEL (
   name silver.airports,
+  start @flights_start,
   description 'Airport dimension: one row per FAA code, the latest ingested version, with its IANA time zone (from the source, or from the curated silver.airport_timezones where the source has none).',
   kind FULL,
   grain faa,

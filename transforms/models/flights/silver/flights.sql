@@ -1,5 +1,6 @@
 MODEL (
   name silver.flights,
+  start @flights_start,
   description 'Conformed flights: one row per natural flight key (local date, carrier, flight number, origin, scheduled departure time), keeping the latest ingested version (greatest _ingested_at, then _batch_id, then _record_no). Times in UTC; actual departure and arrival placed in time from the scheduled times and the delays; cancelled flights flagged.',
   kind INCREMENTAL_BY_TIME_RANGE (
     time_column sched_dep_ts

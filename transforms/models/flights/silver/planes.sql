@@ -1,5 +1,6 @@
 MODEL (
   name silver.planes,
+  start @flights_start,
   description 'Aircraft dimension: one row per tail number, the latest ingested version.',
   kind FULL,
   grain tailnum,

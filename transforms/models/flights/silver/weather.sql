@@ -1,5 +1,6 @@
 MODEL (
   name silver.weather,
+  start @flights_start,
   description 'Hourly weather dimension: one row per (origin, obs_ts), the latest ingested version. Physically implausible readings become NULL (wind speed over 150 mph: the source has one reading of 1048 mph).',
   kind INCREMENTAL_BY_TIME_RANGE (
     time_column obs_ts
