@@ -9,9 +9,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from datetime import date
-from functools import partial
+from typing import Any
 
 from flows import stages
+from flows.datasets import DEFAULT_DATASET
 from flows.ingest.files import BatchResult, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
 from flows.settings import Settings, load_settings
@@ -55,66 +56,63 @@ def _parse_date(text: str | None) -> date | None:
     return date.fromisoformat(text) if text else None
 
 
-def run_stages(
-    settings: Settings,
-    dataset: str,
-    chosen: list[str],
-    *,
-    start: date | None = None,
-    end: date | None = None,
-    restate: bool = False,
+def _print_ingest(summary: stages.Summary) -> None:
+    _print_batches([BatchResult(**b) for b in summary["batches"]])
+    for rejected in summary["rejected"]:
+        print(f"  raw.{rejected['table']:<10} rejected, quarantined: {rejected['error']}")
+
+
+def _print_transform(summary: stages.Summary) -> None:
+    for model, count in summary["row_counts"].items():
+        print(f"  {model:<36} {count:>9,} rows")
+
+
+def _print_shard(summary: stages.Summary) -> None:
+    published = summary["published"]
+    print(f"  version {published['version']} ({published['status']})")
+    print(f"  at {published['dataset_uri']}")
+    for split, count in published["counts"].items():
+        print(f"  {split:<6} {count:>9,} examples")
+
+
+PRINTERS = {"ingest": _print_ingest, "transform": _print_transform, "shard": _print_shard}
+
+
+def run_in_terminal(
+    settings: Settings, run: stages.PipelineRun, names: Sequence[str] | None = None
 ) -> dict[str, stages.Summary]:
     """The pipeline's stages in-process, in order, printing what each did."""
-    summaries: dict[str, stages.Summary] = {}
-    for number, stage in enumerate(chosen, start=1):
+    chosen = stages.chosen_stages(names)
+
+    def run_stage(stage: str, parameters: dict[str, Any]) -> stages.Summary:
+        number = chosen.index(stage) + 1
         print(f"{number}/{len(chosen)} {stage}: {STAGE_TITLES[stage]}", flush=True)
-        if stage == "ingest":
-            summary = stages.ingest_stage(
-                settings, dataset, land=partial(ingest_file, progress=_say)
-            )
-            _print_batches([BatchResult(**b) for b in summary["batches"]])
-        elif stage == "transform":
-            summary = stages.transform_stage(
-                settings, dataset, start, end, restate=restate, progress=_say
-            )
-            for model, count in summary["row_counts"].items():
-                print(f"  {model:<36} {count:>9,} rows")
-        else:
-            summary = stages.shard_stage(settings, dataset, progress=_say)
-            published = summary["published"]
-            print(f"  version {published['version']} ({published['status']})")
-            print(f"  at {published['dataset_uri']}")
-            for split, count in published["counts"].items():
-                print(f"  {split:<6} {count:>9,} examples")
-        summaries[stage] = summary
-    return summaries
+        summary = stages.STAGE_FUNCTIONS[stage](settings, **parameters, progress=_say)
+        PRINTERS[stage](summary)
+        return summary
+
+    return stages.run_stages(run, chosen, run_stage)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    chosen = args.stages.split(",") if args.stages else list(stages.STAGES)
-    unknown = sorted(set(chosen) - set(stages.STAGES))
-    if unknown:
-        raise SpecError(f"unknown stage(s) {unknown}; stages: {', '.join(stages.STAGES)}")
-    run_stages(
-        load_settings(),
+    run = stages.PipelineRun(
         args.dataset,
-        [s for s in stages.STAGES if s in chosen],
         start=_parse_date(args.start),
         end=_parse_date(args.end),
         restate=args.restate,
     )
+    run_in_terminal(load_settings(), run, args.stages.split(",") if args.stages else None)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     print(f"shardyard demo: dataset {args.dataset}, storage {settings.resolved_storage_url}")
-    summaries = run_stages(settings, args.dataset, list(stages.STAGES))
+    summaries = run_in_terminal(settings, stages.PipelineRun(args.dataset))
     url = summaries["shard"]["published"]["dataset_uri"]
     print("\nStream it from a trainer:")
     print("  from shards.readers import open_webdataset, open_litdata")
     print(f"  train = open_webdataset({url!r}, 'train')")
-    print("  or train the example model on it: python examples/train_flights.py")
     return 0
 
 
@@ -146,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the whole pipeline on the bundled dataset")
-    demo.add_argument("--dataset", default="flights")
+    demo.add_argument("--dataset", default=DEFAULT_DATASET)
     demo.set_defaults(func=cmd_demo)
 
     run = commands.add_parser("run", help="run the pipeline or chosen stages in-process")
-    run.add_argument("--dataset", default="flights")
+    run.add_argument("--dataset", default=DEFAULT_DATASET)
     run.add_argument("--stages", help="comma-separated: ingest,transform,shard (default all)")
     run.add_argument("--start", help="first day (YYYY-MM-DD) to transform; with --end")
     run.add_argument("--end", help="last day (YYYY-MM-DD) to transform")

@@ -1,6 +1,7 @@
 """Prefect flows: ``ingest``, ``transform``, ``shard`` and the parent ``pipeline``.
 
-Thin by design: each flow calls the plain stage functions in :mod:`flows.stages`. Tasks that
+Thin by design: each flow calls the plain stage functions in :mod:`flows.stages`, and the
+pipeline runs them in order through :func:`flows.stages.run_stages`, as the CLI does. Tasks that
 touch the network retry transient faults with exponential backoff and jitter, and never bad
 data (:mod:`flows.retries`). With a work pool configured (``SHARDYARD_WORK_POOL``) the
 pipeline runs each stage as its own flow run of its own deployment, so that on Kubernetes
@@ -19,7 +20,8 @@ from prefect.deployments import run_deployment
 from prefect.tasks import exponential_backoff
 
 from flows import stages
-from flows.ingest.files import BatchResult, ContractViolation, ingest_file
+from flows.datasets import DEFAULT_DATASET
+from flows.ingest.files import BatchResult, ContractViolation, Progress, ingest_file
 from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
 from flows.settings import Settings, load_settings
 
@@ -78,12 +80,17 @@ def _publish_gate_artifact(result: BatchResult) -> None:
 
 @_retried("ingest", task_run_name="land-{table}")
 def land_file(
-    settings: Settings, dataset: str, table: str, uri: str, run_id: str | None = None
+    settings: Settings,
+    dataset: str,
+    table: str,
+    uri: str,
+    run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> BatchResult:
     """One file drop through the contract gate (retried on transient faults only)."""
     try:
         result = ingest_file(
-            settings, dataset, table, uri, run_id=run_id, progress=get_run_logger().info
+            settings, dataset, table, uri, run_id=run_id, progress=progress or get_run_logger().info
         )
     except ContractViolation as violation:
         create_table_artifact(
@@ -100,7 +107,7 @@ def land_file(
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(dataset: str = "flights", files: dict[str, str] | None = None) -> dict[str, Any]:
+def ingest(dataset: str = DEFAULT_DATASET, files: dict[str, str] | None = None) -> dict[str, Any]:
     """Land the dataset's file drops (default: the spec's sources) into raw.* ."""
     return stages.ingest_stage(
         load_settings(),
@@ -121,7 +128,7 @@ def transform_task(
         dataset,
         start,
         end,
-        restate=restate,
+        restate,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
         progress=get_run_logger().info,
@@ -130,7 +137,7 @@ def transform_task(
 
 @flow(name="transform", log_prints=True)
 def transform(
-    dataset: str = "flights",
+    dataset: str = DEFAULT_DATASET,
     start: date | None = None,
     end: date | None = None,
     restate: bool = False,
@@ -151,7 +158,7 @@ def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
 
 
 @flow(name="shard", log_prints=True)
-def shard(dataset: str = "flights") -> dict[str, Any]:
+def shard(dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
     """Split gold, write shards, publish the manifest last."""
     summary = shard_task(dataset, _run_id())
     create_markdown_artifact(
@@ -180,7 +187,7 @@ def _run_stage_deployment(
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(
-    dataset: str = "flights",
+    dataset: str = DEFAULT_DATASET,
     start: date | None = None,
     end: date | None = None,
     restate: bool = False,
@@ -195,27 +202,19 @@ def pipeline(
     """
     logger = get_run_logger()
     settings = load_settings()
-    chosen = stages_to_run or list(stages.STAGES)
-    unknown = sorted(set(chosen) - set(stages.STAGES))
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(stages.STAGES)}")
-    parameters = {
-        "ingest": {"dataset": dataset, "files": files},
-        "transform": {"dataset": dataset, "start": start, "end": end, "restate": restate},
-        "shard": {"dataset": dataset},
-    }
-    runs: dict[str, Any] = {}
-    for stage in [s for s in stages.STAGES if s in chosen]:
+
+    def run_stage(stage: str, parameters: dict[str, Any]) -> Any:
         if settings.work_pool:
             variables = {**STAGE_JOB_VARIABLES[stage], **(job_variables or {}).get(stage, {})}
             logger.info(
                 "stage %s: deployment %s/%s on pool %s", stage, stage, dataset, settings.work_pool
             )
-            runs[stage] = _run_stage_deployment(stage, dataset, parameters[stage], variables)
-        else:
-            logger.info("stage %s: in-process", stage)
-            runs[stage] = STAGE_FLOWS[stage](**parameters[stage])
-    return runs
+            return _run_stage_deployment(stage, dataset, parameters, variables)
+        logger.info("stage %s: in-process", stage)
+        return STAGE_FLOWS[stage](**parameters)
+
+    run = stages.PipelineRun(dataset, start, end, restate, files)
+    return stages.run_stages(run, stages_to_run, run_stage)
 
 
 STAGE_FLOWS = {"ingest": ingest, "transform": transform, "shard": shard}

@@ -84,7 +84,16 @@ class TableSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str = ""
-    source: str | None = Field(default=None, description="Default file for this table.")
+    source: str | None = Field(
+        default=None,
+        description="Default file drop(s): a file, a folder or glob, an s3:// prefix ending in "
+        "'/', or generate://module:function (see flows.ingest.sources).",
+    )
+    on_reject: Literal["fail", "quarantine"] = Field(
+        default="fail",
+        description="What a rejected drop does to an ingest run: fail it, or be recorded (with "
+        "its report) while the run goes on with the other drops.",
+    )
     format: FileFormat | None = Field(
         default=None, description="File format; inferred from the file name when unset."
     )

