@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from shards.definition import flights_publish_spec
 from shards.publisher import plan_publication, publish, write_files
 from shards.readers import npy_vector, open_litdata, open_webdataset
 from shards.storage import S3Storage, open_storage
-from tests.shards.synthetic import synthetic_gold
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 CREDENTIALS = {
     "aws_access_key_id": "bench",

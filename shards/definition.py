@@ -5,8 +5,7 @@ source relation and its columns, the feature order, the label, the split definit
 encoding sizes. Its canonical JSON (:meth:`PublishSpec.definition`) goes into the version hash,
 so changing any of it gives a new version id.
 
-The flights defaults (:func:`flights_publish_spec`) are the values of the ``publish:`` section
-of ``flows/datasets/flights.yaml``.
+A dataset spec's ``publish:`` section (``flows/datasets/<name>.yaml``) is one of these.
 """
 
 from __future__ import annotations
@@ -134,7 +133,7 @@ class PublishSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Dataset name: <storage>/datasets/<name>/<version>/")
-    source: str = Field(description="Gold relation, e.g. gold.flight_delay_examples")
+    source: str = Field(description="The gold relation, schema.table (the gold model)")
     example_id: str = "example_id"
     anchor: str = "anchor_ts"
     label: str = Field(description="Training label (boolean, integer or number column)")
@@ -219,50 +218,3 @@ class PublishSpec(BaseModel):
     def definition(self) -> dict[str, Any]:
         """Canonical JSON-able form (goes into the version hash and the manifest)."""
         return self.model_dump(mode="json")
-
-
-def flights_publish_spec(**overrides: Any) -> PublishSpec:
-    """The flights dataset's publish section (train Jan–Oct 2013, val Nov, test Dec)."""
-    spec: dict[str, Any] = {
-        "name": "flights",
-        "source": "gold.flight_delay_examples",
-        "example_id": "example_id",
-        "anchor": "anchor_ts",
-        "label": "label_delayed",
-        "targets": ["arr_delay_min"],
-        # month is left out on purpose: under the time split, val/test months never occur in
-        # train, so the model could only extrapolate on it.
-        "numeric_features": [
-            "distance",
-            "sched_dep_hour",
-            "day_of_week",
-            "plane_year",
-            "plane_seats",
-            "dest_lat",
-            "dest_lon",
-            "wx_temp",
-            "wx_wind_speed",
-            "wx_precip",
-            "wx_visib",
-            "wx_pressure",
-            "origin_dep_delay_3h",
-            "carrier_arr_delay_24h",
-            "origin_sched_departures_1h",
-        ],
-        "categorical_features": ["carrier", "origin", "dest"],
-        "meta_columns": ["carrier", "origin", "dest", "tailnum"],
-        "split": {
-            "method": "time",
-            "windows": [
-                {"name": "train", "start": "2013-01-01T00:00:00Z", "end": "2013-11-01T00:00:00Z"},
-                {"name": "val", "start": "2013-11-01T00:00:00Z", "end": "2013-12-01T00:00:00Z"},
-                {"name": "test", "start": "2013-12-01T00:00:00Z", "end": "2014-01-01T00:00:00Z"},
-            ],
-        },
-        "train_split": "train",
-        "webdataset": {"samples_per_shard": 25_000},
-        "litdata": {"chunk_bytes": 32 * 1024 * 1024},
-        "batch_size": 65_536,
-    }
-    spec.update(overrides)
-    return PublishSpec.model_validate(spec)

@@ -19,7 +19,7 @@ from flows.transform.results import TransformFailed
 
 def layer_row_counts(settings: Settings, models: list[str]) -> dict[str, int]:
     """Rows per model of ``models`` (``"schema.table"`` names) in the environment, e.g.
-    ``{"gold.flight_delay_examples": 327346, ...}`` (models not built yet are left out)."""
+    ``{"gold.examples": 327346, ...}`` (models not built yet are left out)."""
     counts: dict[str, int] = {}
     with connect(settings) as conn:
         for model in sorted(models):

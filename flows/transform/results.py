@@ -66,7 +66,7 @@ class TransformResult:
     pending_batches: dict[str, list[str]] = field(default_factory=dict)
 
     def intervals(self, model: str) -> list[tuple[datetime, datetime]]:
-        """The intervals evaluated for ``model`` (e.g. ``"silver.flights"``), in order."""
+        """The intervals evaluated for ``model`` (e.g. ``"silver.orders"``), in order."""
         return sorted((e.start, e.end) for e in self.evaluations if e.model == model)
 
     def days(self, model: str) -> list[date]:

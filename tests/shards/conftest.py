@@ -7,20 +7,19 @@ import pyarrow as pa
 import pytest
 
 from flows.settings import Settings
-from shards.definition import PublishSpec, flights_publish_spec
-from tests.shards.synthetic import GOLD_DDL, synthetic_gold
+from shards.definition import PublishSpec
+from tests.shards.synthetic import create_table_sql, flights_publish_spec, synthetic_gold
 
 GOLD_ROWS = 600
 
 
 def load_gold(url: str, table: pa.Table) -> None:
-    """Create ``gold.flight_delay_examples`` and COPY the rows of ``table`` into it."""
+    """Create the flights gold relation and COPY the rows of ``table`` into it."""
     columns = table.column_names
+    relation = flights_publish_spec().source
     with psycopg.connect(url) as conn:
-        conn.execute(GOLD_DDL)
-        with conn.cursor().copy(
-            f"COPY gold.flight_delay_examples ({', '.join(columns)}) FROM STDIN"
-        ) as copy:
+        conn.execute(create_table_sql(relation, table))
+        with conn.cursor().copy(f"COPY {relation} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in table.to_pylist():
                 copy.write_row([row[c] for c in columns])
 

@@ -1,4 +1,5 @@
-"""Synthetic rows in the exact shape of ``gold.flight_delay_examples``, for tests and benchmarks.
+"""Synthetic rows in the shape of the flights dataset's gold model, for tests and benchmarks,
+and the flights publish spec they are published with.
 
 The label depends on a few features (departure hour, precipitation, recent origin delays,
 carrier), so a trainer can learn something; it is not real data.
@@ -6,44 +7,17 @@ carrier), so a trainer can learn something; it is not real data.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
+
+from flows.specs import load_spec
+from shards.definition import PublishSpec
 
 CARRIERS = ["UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX"]
 ORIGINS = ["EWR", "JFK", "LGA"]
 DESTS = ["ATL", "ORD", "LAX", "BOS", "MCO", "SFO", "CLT", "MIA", "DCA", "DFW", "IAH", "SEA"]
-
-GOLD_DDL = """
-CREATE SCHEMA IF NOT EXISTS gold;
-CREATE TABLE gold.flight_delay_examples (
-    example_id text NOT NULL,
-    anchor_ts timestamptz NOT NULL,
-    sched_dep_ts timestamptz NOT NULL,
-    carrier text NOT NULL,
-    origin text NOT NULL,
-    dest text NOT NULL,
-    tailnum text NULL,
-    distance double precision NOT NULL,
-    sched_dep_hour int NOT NULL,
-    day_of_week int NOT NULL,
-    month int NOT NULL,
-    plane_year int NULL,
-    plane_seats int NULL,
-    dest_lat double precision NULL,
-    dest_lon double precision NULL,
-    wx_temp double precision NULL,
-    wx_wind_speed double precision NULL,
-    wx_precip double precision NULL,
-    wx_visib double precision NULL,
-    wx_pressure double precision NULL,
-    wx_obs_ts timestamptz NULL,
-    origin_dep_delay_3h double precision NULL,
-    carrier_arr_delay_24h double precision NULL,
-    origin_sched_departures_1h int NOT NULL,
-    arr_delay_min double precision NOT NULL,
-    label_delayed boolean NOT NULL
-)
-"""
 
 
 def _with_nulls(rng: np.random.Generator, values: np.ndarray, rate: float) -> pa.Array:
@@ -112,3 +86,26 @@ def synthetic_gold(rows: int, *, seed: int = 0, year: int = 2013) -> pa.Table:
     }
     # Sources are read ORDER BY example_id (bytewise); keep the same order here.
     return pa.table(columns).sort_by("example_id")
+
+
+def flights_publish_spec(**overrides: Any) -> PublishSpec:
+    """The ``publish:`` section of the bundled flights spec, with ``overrides`` applied."""
+    publish = load_spec("flights").publish
+    assert publish is not None
+    return PublishSpec.model_validate({**publish.model_dump(), **overrides})
+
+
+_SQL_TYPES = {
+    pa.string(): "text",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+    pa.float64(): "double precision",
+    pa.int32(): "integer",
+    pa.bool_(): "boolean",
+}
+
+
+def create_table_sql(relation: str, table: pa.Table) -> str:
+    """``CREATE TABLE`` for ``relation`` with the columns and types of ``table``."""
+    columns = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in table.schema)
+    schema = relation.rpartition(".")[0]
+    return f"CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {relation} ({columns})"

@@ -11,13 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shards.definition import flights_publish_spec
 from shards.encoding import EncodedBatch, EncodingError, SampleEncoder, check_example_ids
 from shards.litdata_writer import ChunkWriter
 from shards.publisher import plan_publication
 from shards.statistics import TrainStatistics
 from shards.tar_writer import TarShardWriter
-from tests.shards.synthetic import synthetic_gold
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 
 def _batch(n: int, *, meta_pad: int = 0, width: int = 5) -> EncodedBatch:

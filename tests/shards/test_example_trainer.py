@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.definition import flights_publish_spec
 from shards.publisher import publish
 from shards.storage import open_storage
-from tests.shards.synthetic import synthetic_gold
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_flights.py"
 

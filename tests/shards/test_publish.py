@@ -207,10 +207,9 @@ def test_showing_a_version_that_was_never_published_says_so(
 
 
 def test_an_empty_split_is_published_without_files_and_reads_back_empty(tmp_path: Path):
-    from shards.definition import flights_publish_spec
     from shards.publisher import publish
     from shards.storage import open_storage
-    from tests.shards.synthetic import synthetic_gold
+    from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
     windows = [
         {"name": "train", "start": "2013-01-01T00:00:00Z", "end": "2013-07-01T00:00:00Z"},

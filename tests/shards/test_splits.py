@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shards.definition import GroupSplit, HashSplit, TimeSplit, flights_publish_spec
+from shards.definition import GroupSplit, HashSplit, TimeSplit
 from shards.splits import EXCLUDED, SplitAssigner, SplitGuard, SplitLeakError, anchor_micros
-from tests.shards.synthetic import synthetic_gold
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
