@@ -25,7 +25,7 @@ BUNDLED = Path(__file__).parent / "datasets"
 # that needs odd names is almost certainly a mistake, so the spec refuses them early.
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 
-ColumnType = Literal["text", "integer", "number", "timestamp", "date", "boolean"]
+ColumnType = Literal["text", "integer", "number", "timestamp", "date", "boolean", "json"]
 FileFormat = Literal["csv", "jsonl", "parquet"]
 
 # The PostgreSQL type of each spec type: what the contract gate checks a raw value against
@@ -38,6 +38,7 @@ SQL_TYPES: dict[str, str] = {
     "timestamp": "timestamptz",
     "date": "date",
     "boolean": "boolean",
+    "json": "jsonb",
 }
 
 

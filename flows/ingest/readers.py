@@ -113,16 +113,33 @@ def _csv_stream(source: SourceFile, table: TableSpec) -> CopyStream:
     return CopyStream(columns, "csv", blocks(), first_data_line=2)
 
 
+class _Number(str):
+    """A JSON number, kept as the text it was written as."""
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value written back as JSON, numbers exactly as they were received."""
+    if isinstance(value, _Number):
+        return str(value)
+    if isinstance(value, dict):
+        members = (f"{json.dumps(k, ensure_ascii=False)}:{_json_text(v)}" for k, v in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _text_field(value: Any) -> str:
-    """One value in COPY text format, kept as received: strings as-is, numbers as written."""
+    """One value in COPY text format, kept as received: strings and numbers as written,
+    objects and arrays as JSON."""
     if value is None:
         return "\\N"
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
+    if isinstance(value, str):  # a string, or a number's text
         text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
     else:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        text = _json_text(value)
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
@@ -132,7 +149,7 @@ def _jsonl_records(source: SourceFile) -> Iterator[tuple[int, dict[str, Any]]]:
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw, parse_float=str, parse_int=str)
+                record = json.loads(raw, parse_float=_Number, parse_int=_Number)
             except UnicodeDecodeError as error:
                 raise FileRejected(
                     source.uri, f"undecodable bytes: {error.reason}", line=number

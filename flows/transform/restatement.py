@@ -229,7 +229,7 @@ def restate_pending_batches(session: Session, settings: Settings) -> None:
         start = spec.transform.start if spec.transform else None
         if start is not None and pending.first_day < start:
             raise RawDataRejected(
-                f"raw.{pending.table} batch(es) {', '.join(pending.new)} hold events from "
+                f"raw.{pending.table} batch(es) {', '.join(pending.new)} hold rows from "
                 f"{pending.first_day}, before the dataset's start {start}",
                 model=model,
             )

@@ -12,7 +12,7 @@ How a run works, in order:
    breaking, so a non-interactive plan never stops on a prompt. A new snapshot is backfilled.
 3. Find raw batches that landed (``meta.ingest_batches``, status ``loaded``) but are in no
    bronze table yet, or that bronze holds but are no longer loaded (withdrawn), and restate
-   exactly the intervals they touch: the UTC days of their events in bronze and silver, and
+   exactly the intervals they touch: the UTC days of their rows in bronze and silver, and
    in gold those days plus the days whose features or labels can see them (each table's
    ``gold_reach`` in the spec). A batch of a reference table restates everything downstream.
 4. Backfill or restate a date range given by the caller.
@@ -117,14 +117,14 @@ def _apply_requested_range(
 ) -> None:
     start, end = utc_midnight(first_day), utc_midnight(last_day + timedelta(days=1))
     if restate:
-        events = {n: t for n, t in session.spec.tables.items() if t.time_column is not None}
+        timed = {n: t for n, t in session.spec.tables.items() if t.time_column is not None}
         restate_models(
             session,
-            [bronze_model(table) for table in events],
+            [bronze_model(table) for table in timed],
             start,
             end,
             reason=f"requested restatement {first_day}..{last_day}",
-            reach=widest_reach(list(events.values())),
+            reach=widest_reach(list(timed.values())),
         )
     elif session.environment == "prod":
         session.run(start=start, end=end - timedelta(microseconds=1))

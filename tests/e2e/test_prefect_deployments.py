@@ -60,8 +60,9 @@ def test_deployment_runs_from_the_cli_publish_and_backfill_idempotently(
     deployed = prefect_server.cli("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect_server.cli("deployment", "ls")
-    for name in ("pipeline/flights", "ingest/flights", "transform/flights", "shard/flights"):
-        assert name in listed.stdout, listed.stdout
+    for flow in ("pipeline", "ingest", "transform", "shard"):
+        for dataset in ("flights", "events"):
+            assert f"{flow}/{dataset}" in listed.stdout, listed.stdout
 
     run = prefect_server.cli("deployment", "run", "pipeline/flights", "--watch", timeout=1500)
     assert run.returncode == 0, run.stdout + run.stderr

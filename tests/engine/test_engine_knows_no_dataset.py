@@ -23,8 +23,9 @@ ENGINE = [
 # Words that name a column of some bundled dataset but are also the engine's own vocabulary,
 # used with the engine's meaning: a spec's ``name``, a column's ``type``, a file's ``source``,
 # the keys of a published sample (``example_id``, ``anchor_ts``), argparse's ``dest``,
-# importlib's ``origin``, pyarrow's ``tz``, calendar units.
+# importlib's ``origin``, pyarrow's ``tz``, ``ts`` for a timestamp, calendar units.
 ENGINE_WORDS = {
+    "ts",
     "dest",
     "origin",
     "tz",
