@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from flows import stages
@@ -119,6 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from flows.publish.publishing import list_datasets, show_dataset
 
+    if args.action == "new":
+        return _new_dataset(args)
     settings = load_settings()
     if args.action == "list":
         records = list_datasets(settings, args.name)
@@ -132,6 +135,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if not args.name:
         raise SpecError("datasets show needs a dataset name")
     print(json.dumps(show_dataset(settings, args.name, args.version), indent=2, default=str))
+    return 0
+
+
+def _new_dataset(args: argparse.Namespace) -> int:
+    from flows.scaffold import csv_tables, new_dataset
+
+    if not args.name:
+        raise SpecError("datasets new needs a dataset name")
+    if not args.csv:
+        raise SpecError("datasets new needs --csv FOLDER, a folder of CSV files (one per table)")
+    written = new_dataset(args.name, csv_tables(Path(args.csv)))
+    print(f"dataset {args.name}: wrote")
+    for path in written:
+        print(f"  {path}")
+    print(
+        "Fill in the TODOs (the spec's keys and types, silver's keys, the gold model and the "
+        f"publish section), then: shardyard run --dataset {args.name}"
+    )
     return 0
 
 
@@ -155,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restate", action="store_true", help="recompute the date range")
     run.set_defaults(func=cmd_run)
 
-    datasets = commands.add_parser("datasets", help="what is published")
-    datasets.add_argument("action", choices=["list", "show"])
+    datasets = commands.add_parser(
+        "datasets", help="what is published; new: scaffold a dataset from a folder of CSVs"
+    )
+    datasets.add_argument("action", choices=["list", "show", "new"])
     datasets.add_argument("name", nargs="?")
     datasets.add_argument("--version", help="a version id (default: LATEST)")
+    datasets.add_argument("--csv", help="new: a folder of CSV files, one per table")
     datasets.set_defaults(func=cmd_datasets)
 
     ingest = commands.add_parser(

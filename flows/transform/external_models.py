@@ -16,15 +16,16 @@ from sqlmesh.core.model import Model, create_external_model
 from sqlmesh.utils import UniqueKeyDict
 from sqlmesh.utils.errors import ConfigError
 
+from flows import specs
 from flows.ingest.landing import PROVENANCE_COLUMNS, RAW
 from flows.meta import META, META_TABLES
-from flows.specs import BUNDLED, DatasetSpec, bundled_specs
+from flows.specs import DatasetSpec, bundled_specs
 
 
-def external_model_definitions(specs: list[DatasetSpec]) -> list[dict[str, Any]]:
-    """One ``{"name", "description", "columns"}`` per raw table of ``specs`` and per meta table."""
+def external_model_definitions(datasets: list[DatasetSpec]) -> list[dict[str, Any]]:
+    """One ``{"name", "description", "columns"}`` per raw table of ``datasets`` and per meta table."""
     definitions = []
-    for spec in specs:
+    for spec in datasets:
         for table, table_spec in spec.tables.items():
             description = table_spec.description or f"Raw {table} of dataset {spec.name}."
             definitions.append(
@@ -54,12 +55,12 @@ class SpecLoader(SqlMeshLoader):
 
     def _load_external_models(self, audits, cache, gateway=None):  # type: ignore[no-untyped-def]
         models: UniqueKeyDict[str, Model] = super()._load_external_models(audits, cache, gateway)
-        for path in sorted(BUNDLED.glob("*.yaml")):
+        for path in sorted(specs.BUNDLED.glob("*.yaml")):
             self._track_file(path)
         for definition in external_model_definitions(bundled_specs()):
             model = create_external_model(
                 defaults=self.config.model_defaults.dict(),
-                path=BUNDLED,
+                path=specs.BUNDLED,
                 project=self.config.project,
                 audit_definitions=audits,
                 dialect=self.config.model_defaults.dialect,
