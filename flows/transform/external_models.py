@@ -23,7 +23,8 @@ from flows.specs import DatasetSpec, bundled_specs
 
 
 def external_model_definitions(datasets: list[DatasetSpec]) -> list[dict[str, Any]]:
-    """One ``{"name", "description", "columns"}`` per raw table of ``datasets`` and per meta table."""
+    """One ``{"name", "description", "columns"}`` per raw table of ``datasets`` and per meta
+    table."""
     definitions = []
     for spec in datasets:
         for table, table_spec in spec.tables.items():

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 from flows.datasets.events import START
 
@@ -33,14 +34,18 @@ LABEL_WINDOW = timedelta(days=14)
 SECONDS_PER_DAY = 86_400
 
 
-def parse_ts(text: str) -> datetime:
-    """``2024-01-05T13:45:12Z`` as an aware UTC datetime."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+def event_ts(event: Mapping[str, Any]) -> datetime:
+    """An event's ``ts`` as an aware UTC datetime: the drops' ``2024-01-05T13:45:12Z``, or an
+    aware datetime as it is."""
+    ts = event["ts"]
+    if isinstance(ts, datetime):
+        return ts.astimezone(UTC)
+    return datetime.fromisoformat(ts).astimezone(UTC)
 
 
 def landed_events(files: Iterable[Path], rejected: set[str]) -> dict[str, dict]:
     """event_id -> parsed event, from every file whose name is not in `rejected`, duplicates
-    collapsed (the first copy is kept). The parsed event's ``ts`` is an aware UTC datetime."""
+    collapsed (the first copy is kept). Events are as parsed from JSON (``ts`` a string)."""
     events: dict[str, dict] = {}
     for path in files:
         if path.name in rejected:
@@ -48,9 +53,7 @@ def landed_events(files: Iterable[Path], rejected: set[str]) -> dict[str, dict]:
         with path.open(encoding="utf-8") as lines:
             for line in lines:
                 event = json.loads(line)
-                if event["event_id"] not in events:
-                    event["ts"] = parse_ts(event["ts"])
-                    events[event["event_id"]] = event
+                events.setdefault(event["event_id"], event)
     return events
 
 
@@ -65,35 +68,36 @@ def events_by_user(events: Mapping[str, dict]) -> dict[str, dict[str, dict]]:
 
 def reference_example(events: Mapping[str, dict], user_id: str, anchor: datetime) -> dict | None:
     """The example of user_id at anchor, or None when the user has no event before the anchor."""
-    mine = [event for event in events.values() if event["user_id"] == user_id]
-    before = [event for event in mine if event["ts"] < anchor]
+    anchor = anchor.astimezone(UTC)
+    mine = [(event_ts(event), event) for event in events.values() if event["user_id"] == user_id]
+    before = [(ts, event) for ts, event in mine if ts < anchor]
     if not before:
         return None
     recent_purchases = [
         event
-        for event in before
-        if event["event_type"] == "purchase" and event["ts"] >= anchor - PURCHASE_WINDOW
+        for ts, event in before
+        if event["event_type"] == "purchase" and ts >= anchor - PURCHASE_WINDOW
     ]
     return {
         "example_id": f"{user_id}-{anchor:%Y%m%d}",
         "anchor_ts": anchor,
         "user_id": user_id,
-        "events_7d": sum(1 for event in before if event["ts"] >= anchor - FEATURE_WEEK),
+        "events_7d": sum(1 for ts, _ in before if ts >= anchor - FEATURE_WEEK),
         "purchases_28d": len(recent_purchases),
         "amount_28d": math.fsum(float(e["properties"]["amount"]) for e in recent_purchases),
-        "days_since_last_event": _days(anchor - max(event["ts"] for event in before)),
-        "tenure_days": _days(anchor - min(event["ts"] for event in mine)),
+        "days_since_last_event": _days(anchor - max(ts for ts, _ in before)),
+        "tenure_days": _days(anchor - min(ts for ts, _ in before)),
         "purchase_next_14d": any(
-            event["event_type"] == "purchase" and anchor <= event["ts"] < anchor + LABEL_WINDOW
-            for event in mine
+            event["event_type"] == "purchase" and anchor <= ts < anchor + LABEL_WINDOW
+            for ts, event in mine
         ),
     }
 
 
 def data_end(events: Mapping[str, dict]) -> datetime:
     """00:00 UTC of the day of the newest event."""
-    newest = max(event["ts"] for event in events.values())
-    return datetime.combine(newest.astimezone(UTC).date(), time(), tzinfo=UTC)
+    newest = max(event_ts(event) for event in events.values())
+    return datetime.combine(newest.date(), time(), tzinfo=UTC)
 
 
 def anchors(events: Mapping[str, dict], start: date = START) -> list[datetime]:

@@ -11,6 +11,6 @@ FROM @this_model AS g
 WHERE
   g.anchor_ts + INTERVAL '14 days' > (
     SELECT
-      TIMEZONE('UTC', DATE_TRUNC('day', TIMEZONE('UTC', MAX(e.ts))))
-    FROM silver.events AS e
+      TIMEZONE('UTC', DATE_TRUNC('day', TIMEZONE('UTC', MAX(u.last_ts))))
+    FROM silver.user_days AS u
   )
