@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from flows.ingest.files import BatchResult, FileRejected, Progress, ingest_file
-from flows.ingest.sources import source_files
+from flows.ingest.files import BatchResult, FileRejected, Progress, default_drops, ingest_file
 from flows.run_records import record_stage_run
 from flows.settings import Settings
 from flows.specs import DatasetSpec, SpecError, load_spec
@@ -105,14 +104,7 @@ def ingest_sources(
         for table in files:
             spec.table(table)  # clear error for an unknown table
         return list(files.items())
-    return [
-        (name, uri)
-        for name, table in spec.tables.items()
-        if table.source
-        for uri in source_files(
-            table.source, settings, drops=settings.home / "drops" / spec.name / name
-        )
-    ]
+    return default_drops(settings, spec)
 
 
 def ingest_stage(

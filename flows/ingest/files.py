@@ -24,7 +24,7 @@ from flows.database import connect
 from flows.ingest import landing
 from flows.ingest.contracts import GateReport, RuleResult, evaluate
 from flows.ingest.readers import FileRejected, open_copy_stream
-from flows.ingest.sources import SourceError, SourceFile, fetch_source
+from flows.ingest.sources import SourceError, SourceFile, fetch_source, source_files
 from flows.settings import Settings
 from flows.specs import DatasetSpec, load_spec
 from shards.storage import open_storage
@@ -249,6 +249,22 @@ def ingest_file(
     return outcome("loaded", rows, report_uri)
 
 
+def default_drops(
+    settings: Settings, spec: DatasetSpec, tables: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """``(table, file)`` for every drop of the default source of each table (or of the chosen
+    tables), in order: a source may name many drops (:func:`flows.ingest.sources.source_files`)."""
+    chosen = tables or [name for name, t in spec.tables.items() if t.source]
+    drops: list[tuple[str, str]] = []
+    for table in chosen:
+        source = spec.table(table).source
+        if source is None:
+            raise SourceError(f"table {table!r} of dataset {spec.name!r} names no default source")
+        folder = settings.home / "drops" / spec.name / table
+        drops += [(table, uri) for uri in source_files(source, settings, drops=folder)]
+    return drops
+
+
 def ingest_dataset(
     settings: Settings,
     dataset: str,
@@ -256,16 +272,12 @@ def ingest_dataset(
     tables: list[str] | None = None,
     run_id: str | None = None,
 ) -> list[BatchResult]:
-    """Land the default source of every table of a dataset (or the chosen tables)."""
+    """Land every drop of the default sources of a dataset's tables (or the chosen tables)."""
     spec = load_spec(dataset)
-    chosen = tables or [name for name, t in spec.tables.items() if t.source]
-    results = []
-    for table in chosen:
-        source = spec.table(table).source
-        if source is None:
-            raise SourceError(f"table {table!r} of dataset {dataset!r} names no default source")
-        results.append(ingest_file(settings, dataset, table, source, run_id=run_id, spec=spec))
-    return results
+    return [
+        ingest_file(settings, dataset, table, uri, run_id=run_id, spec=spec)
+        for table, uri in default_drops(settings, spec, tables)
+    ]
 
 
 __all__ = [
