@@ -121,7 +121,7 @@ def _table_yaml(table: ScaffoldTable) -> str:
     time_column = (
         f"    time_column: {table.time_column}   # each row's event time: what a batch restates\n"
         if table.time_column
-        else "    # time_column: a timestamp column, if rows are events (else: reference data)\n"
+        else "    # time_column: a timestamp column, for event rows (else: reference data)\n"
     )
     markers = "[" + ", ".join(table.null_markers) + "]"
     return _template("table.yaml.tmpl").substitute(
