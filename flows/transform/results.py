@@ -60,7 +60,7 @@ class TransformResult:
     """What one :func:`run_transform` did."""
 
     environment: str
-    models: list[str] = field(default_factory=list)  # the dataset's models, e.g. "silver.x"
+    models: list[str] = field(default_factory=list)  # the dataset's own models, e.g. "silver.x"
     evaluations: list[EvaluatedInterval] = field(default_factory=list)
     restatements: list[Restatement] = field(default_factory=list)
     pending_batches: dict[str, list[str]] = field(default_factory=dict)

@@ -74,7 +74,7 @@ def run_transform(
             session = Session(
                 context, spec, dataset_models(context, spec.name), environment, console, result
             )
-            result.models = list(session.models)
+            result.models = [m for m in session.models if not context.get_model(m).kind.is_external]
             session.plan_and_apply()
             restate_pending_batches(session, settings)
             if start is not None and end is not None:

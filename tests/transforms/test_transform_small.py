@@ -206,6 +206,7 @@ def test_the_transform_stage_reports_every_evaluated_interval_as_progress(
     evaluated = [m for m in said if ": evaluated [" in m]
     assert len(evaluated) == summary["intervals_evaluated"] > 0
     assert any(m.startswith(f"{GOLD}: evaluated [2013-01-03") for m in evaluated)
+    assert sorted(summary["row_counts"]) == sorted(FLIGHTS_MODELS)  # the dataset's own models
 
 
 def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_deterministically(
