@@ -32,13 +32,28 @@ STAGE_TITLES = {
 }
 
 
+# A table with more drops than this in one run gets one line, not one per drop.
+BATCH_LINES = 10
+
+
 def _print_batches(results: list[BatchResult]) -> None:
-    for r in results:
-        verb = "landed" if r.status == "loaded" else "already landed, skipped"
-        took = f"{r.duration_s:.1f}s"
-        if r.copy_s is not None and r.gate_s is not None:
-            took += f": COPY {r.copy_s:.1f}s, contract gate {r.gate_s:.1f}s"
-        print(f"  raw.{r.table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  ({took})")
+    tables = {r.table: [x for x in results if x.table == r.table] for r in results}
+    for table, batches in tables.items():
+        if len(batches) > BATCH_LINES:
+            landed = [r for r in batches if r.status == "loaded"]
+            rows = sum(r.rows for r in landed)
+            print(
+                f"  raw.{table:<10} {rows:>9,} rows  {len(landed)} drops landed, "
+                f"{len(batches) - len(landed)} already landed  "
+                f"({sum(r.duration_s for r in batches):.1f}s)"
+            )
+            continue
+        for r in batches:
+            verb = "landed" if r.status == "loaded" else "already landed, skipped"
+            took = f"{r.duration_s:.1f}s"
+            if r.copy_s is not None and r.gate_s is not None:
+                took += f": COPY {r.copy_s:.1f}s, contract gate {r.gate_s:.1f}s"
+            print(f"  raw.{table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  ({took})")
 
 
 def _say(message: str) -> None:

@@ -79,7 +79,8 @@ class GateReport:
             example = ""
             if failure.samples:
                 first = failure.samples[0]
-                example = f" (first: line {first['line']}, value {first.get('value')!r})"
+                value = f", value {first['value']!r}" if "value" in first else ""
+                example = f" (first: line {first['line']}{value})"
             detail = f": {failure.detail}" if failure.detail else ""
             lines.append(
                 f"{self.source_uri}: rule {failure.rule}{where} failed for "

@@ -155,7 +155,8 @@ def _jsonl_records(source: SourceFile) -> Iterator[tuple[int, dict[str, Any]]]:
                     source.uri, f"undecodable bytes: {error.reason}", line=number
                 ) from None
             except json.JSONDecodeError as error:
-                raise FileRejected(source.uri, f"invalid JSON: {error.msg}", line=number) from None
+                problem = f"invalid JSON: {error.msg} (character {error.colno})"
+                raise FileRejected(source.uri, problem, line=number) from None
             if not isinstance(record, dict):
                 raise FileRejected(source.uri, "a JSONL line must be an object", line=number)
             yield number, record
