@@ -30,7 +30,7 @@ bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 
 bench-shards: $(STAMP)
-	$(BIN)/python benchmarks/bench_shards.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_shards.py
 
 clean:
 	rm -rf $(VENV) .shardyard .pytest_cache
