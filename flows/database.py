@@ -13,6 +13,10 @@ from flows.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# What a logical-replication source needs (pgoutput slots and the SQL slot functions).
+LOGICAL_WAL = {"wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10"}
+
+
 def embedded_database_url(home: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under ``home/pgdata`` and return its URL.
 
@@ -24,6 +28,33 @@ def embedded_database_url(home: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     return server.get_uri()
+
+
+def embedded_logical_server_url(pgdata: Path, *, cleanup_mode: str | None = None) -> str:
+    """Start (or reuse) an embedded PostgreSQL under ``pgdata`` with logical WAL (a CDC
+    source) and return its URL. A server started without it is restarted once with it."""
+    import pgserver
+
+    pgdata = pgdata.resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    with psycopg.connect(server.get_uri()) as conn:
+        level = conn.execute("SHOW wal_level").fetchone()[0]
+    if level == "logical":
+        return server.get_uri()
+    with (pgdata / "postgresql.conf").open("a") as conf:
+        conf.writelines(f"{name} = {value}\n" for name, value in LOGICAL_WAL.items())
+    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    return server.get_uri()
+
+
+def ops_database_url(settings: Settings) -> str:
+    """The operations (source) database: ``SHARDYARD_OPS_DATABASE_URL``, or an embedded
+    PostgreSQL with logical WAL under ``<home>/ops``."""
+    if settings.ops_database_url:
+        return settings.ops_database_url
+    return embedded_logical_server_url(settings.home / "ops")
 
 
 def database_url(settings: Settings) -> str:

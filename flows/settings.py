@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under home.",
     )
+    ops_database_url: str | None = Field(
+        default=None,
+        description="The operations (source) PostgreSQL the bundled flights_ops dataset reads. "
+        "Unset: an embedded PostgreSQL with logical WAL under <home>/ops.",
+    )
     storage_url: str | None = Field(
         default=None,
         description="Local path or s3://bucket/prefix for datasets and reports. "

@@ -29,6 +29,34 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
+@pytest.fixture(scope="session")
+def ops_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a second embedded PostgreSQL, with logical WAL: an operations (source) database."""
+    import pgserver
+
+    from flows.database import embedded_logical_server_url
+
+    pgdata = tmp_path_factory.mktemp("ops") / "pgdata"
+    yield embedded_logical_server_url(pgdata, cleanup_mode="stop")
+    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+
+
+@pytest.fixture
+def ops_database_url(ops_server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the operations server for one test, dropped afterwards
+    (with the replication slots that name it)."""
+    name = f"ops_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ops_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(ops_server_url, name)
+    with psycopg.connect(ops_server_url, autocommit=True) as conn:
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+        ).fetchall():
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
