@@ -6,6 +6,7 @@ module calls ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ class Settings(BaseSettings):
     )
     ops_database_url: str | None = Field(
         default=None,
-        description="The operations (source) PostgreSQL the bundled flights_ops dataset reads. "
+        description="The operations (source) PostgreSQL that database sources read by default. "
         "Unset: an embedded PostgreSQL with logical WAL under <home>/ops.",
     )
     storage_url: str | None = Field(
@@ -71,6 +72,12 @@ class Settings(BaseSettings):
             "aws_access_key_id": self.aws_access_key_id,
             "aws_secret_access_key": self.aws_secret_access_key,
         }
+
+
+def variable(name: str) -> str | None:
+    """An environment variable that a dataset spec names (the URL of a source database): read
+    here, like every setting, when it is needed."""
+    return os.environ.get(name)
 
 
 def load_settings() -> Settings:

@@ -79,16 +79,61 @@ class GoldReach(BaseModel):
     after_days: int = Field(default=0, ge=0)
 
 
+class PostgresSource(BaseModel):
+    """A table of an operational PostgreSQL database, read in one of three modes:
+
+    - ``snapshot``: the whole table, each run (``COPY (SELECT ...) TO STDOUT``);
+    - ``incremental``: rows whose ``cursor`` (e.g. ``updated_at``) passed the stored
+      watermark, re-reading ``lookback_minutes`` before it for rows that arrive late;
+    - ``cdc``: inserts, updates and deletes from a logical replication slot (``pgoutput``).
+
+    The URL never sits in the spec: ``database`` names the environment variable that holds it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    database: str = Field(description="The environment variable that holds the source's URL.")
+    table: str = Field(description="schema.table on the source")
+    mode: Literal["snapshot", "incremental", "cdc"]
+    cursor: str | None = Field(default=None, description="incremental: the watermark column")
+    lookback_minutes: int = Field(default=0, ge=0)
+
+    @field_validator("table")
+    @classmethod
+    def _qualified(cls, value: str) -> str:
+        schema, _, name = value.partition(".")
+        if not (IDENTIFIER.match(schema) and IDENTIFIER.match(name)):
+            raise ValueError(f"table {value!r} must be schema.table in plain lower case")
+        return value
+
+    @model_validator(mode="after")
+    def _cursor_for_incremental(self) -> PostgresSource:
+        if (self.mode == "incremental") != (self.cursor is not None):
+            raise ValueError("an incremental source names a cursor; other modes do not")
+        return self
+
+
+# The columns a change-data (cdc) table lands with besides the source's own: the kind of
+# change, where it sits in the source's log (commit LSN, then order within the transaction)
+# and when the source committed it.
+CHANGE_COLUMNS = {
+    "_change_op": Column(type="text", not_null=True, accepted=["insert", "update", "delete"]),
+    "_change_lsn": Column(type="integer", not_null=True, min=0),
+    "_change_seq": Column(type="integer", not_null=True, min=0),
+    "_commit_time": Column(type="timestamp", not_null=True),
+}
+
+
 class TableSpec(BaseModel):
-    """One raw table: its source file drop, its data contract and its place in time."""
+    """One raw table: its source, its data contract and its place in time."""
 
     model_config = ConfigDict(extra="forbid")
 
     description: str = ""
-    source: str | None = Field(
+    source: str | PostgresSource | None = Field(
         default=None,
         description="Default file drop(s): a file, a folder or glob, an s3:// prefix ending in "
-        "'/', or generate://module:function (see flows.ingest.sources).",
+        "'/', or generate://module:function (see flows.ingest.sources); or a PostgreSQL table.",
     )
     on_reject: Literal["fail", "quarantine"] = Field(
         default="fail",
@@ -128,6 +173,23 @@ class TableSpec(BaseModel):
             unknown = [c for c in key if c not in self.columns]
             if unknown:
                 raise ValueError(f"unique key names unknown columns {unknown}")
+        return self
+
+    @property
+    def change_data(self) -> bool:
+        """Whether rows are changes (inserts, updates, deletes) read by CDC."""
+        return isinstance(self.source, PostgresSource) and self.source.mode == "cdc"
+
+    @model_validator(mode="after")
+    def _change_columns_for_cdc(self) -> TableSpec:
+        if self.change_data:
+            clash = sorted(set(CHANGE_COLUMNS) & set(self.columns))
+            if clash and any(self.columns[c] != CHANGE_COLUMNS[c] for c in clash):
+                raise ValueError(f"columns {clash} are the change columns of a cdc source")
+            self.columns = {**self.columns, **CHANGE_COLUMNS}
+        cursor = self.source.cursor if isinstance(self.source, PostgresSource) else None
+        if cursor is not None and cursor not in self.columns:
+            raise ValueError(f"cursor {cursor!r} is not a column of the table")
         return self
 
     @model_validator(mode="after")

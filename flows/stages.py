@@ -13,12 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flows.ingest.files import BatchResult, FileRejected, Progress, default_drops, ingest_file
 from flows.run_records import record_stage_run
 from flows.settings import Settings
-from flows.specs import DatasetSpec, SpecError, load_spec
+from flows.specs import DatasetSpec, PostgresSource, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from flows.ingest.postgres import SourceRead
 
 STAGES = ("ingest", "transform", "shard")
 
@@ -116,8 +119,10 @@ def ingest_stage(
     parent_run_id: str | None = None,
     progress: Progress | None = None,
     land: Callable[..., BatchResult] = ingest_file,
+    read: Callable[..., SourceRead] | None = None,
 ) -> Summary:
-    """Land every file of the run (``land`` lets a flow wrap each file in a retried task).
+    """Land every file drop of the run and read every database source once (``land`` and
+    ``read`` let a flow wrap each in a retried task). Given ``files``, only those land.
 
     A rejected file of a table whose spec says ``on_reject: quarantine`` is listed under
     ``rejected`` and the run goes on; any other rejection fails the stage."""
@@ -134,11 +139,32 @@ def ingest_stage(
                 if spec.tables[table].on_reject != "quarantine":
                     raise
                 rejected.append({"table": table, "file": uri, "error": str(error)})
+        reads = [] if files else _read_databases(settings, spec, run_id, progress, read)
+        results += [batch for r in reads for batch in r.batches]
         summary["batches"] = [asdict(r) for r in results]
         summary["rows_landed"] = sum(r.rows for r in results)
         summary["gates_passed"] = len(results)
         summary["rejected"] = rejected
+        summary["reads"] = [
+            {"table": r.table, "mode": r.mode, "position": r.position, "lag": r.lag} for r in reads
+        ]
     return summary
+
+
+def _read_databases(
+    settings: Settings,
+    spec: DatasetSpec,
+    run_id: str | None,
+    progress: Progress | None,
+    read: Callable[..., SourceRead] | None,
+) -> list[SourceRead]:
+    tables = [name for name, t in spec.tables.items() if isinstance(t.source, PostgresSource)]
+    if not tables:
+        return []
+    from flows.ingest.postgres import read_source  # psycopg replication code, only when needed
+
+    reader = read or read_source
+    return [reader(settings, spec, table, run_id=run_id, progress=progress) for table in tables]
 
 
 def transform_stage(

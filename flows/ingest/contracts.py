@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from flows.specs import SQL_TYPES, Column, TableSpec
+from flows.specs import CHANGE_COLUMNS, SQL_TYPES, Column, TableSpec
 
 SAMPLE_ROWS = 5
 
@@ -138,14 +138,27 @@ def _breaks(value: sql.Composable, rules: Column, rule: str) -> sql.Composable:
     return sql.SQL("{} {} {}").format(value, sql.SQL(BOUNDS[rule][0]), literal)
 
 
-def column_checks(name: str, rules: Column, null_markers: list[str]) -> list[Check]:
+def _required(name: str, rules: Column, change_data: bool) -> sql.Composable:
+    """Whether a missing value breaks the column's not_null rule: always, except in the delete
+    rows of change data, which carry only the source's replica identity (its key)."""
+    if not rules.not_null:
+        return sql.Literal(False)
+    if change_data and name not in CHANGE_COLUMNS:
+        return sql.SQL("_change_op IS DISTINCT FROM 'delete'")
+    return sql.Literal(True)
+
+
+def column_checks(
+    name: str, rules: Column, null_markers: list[str], *, change_data: bool = False
+) -> list[Check]:
     """The row-level checks one column's rules ask for."""
     col = sql.Identifier(name)
     missing = _missing(name, null_markers)
     present = sql.SQL("NOT {}").format(missing)
     checks = []
     if rules.not_null:
-        checks.append(Check("not_null", name, missing, "value is missing"))
+        failing = sql.SQL("{} AND {}").format(missing, _required(name, rules, change_data))
+        checks.append(Check("not_null", name, failing, "value is missing"))
     if rules.type in PG_TYPES:
         pg_type = PG_TYPES[rules.type]
         checks.append(
@@ -246,12 +259,16 @@ def _not_accepted(name: str, rules: Column) -> sql.Composable:
     return sql.SQL("{} NOT IN ({})").format(sql.Identifier(name), accepted)
 
 
-def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Composable:
+def column_is_bad(
+    name: str, rules: Column, null_markers: list[str], *, change_data: bool = False
+) -> sql.Composable:
     """One CASE per column that is true when any of its rules fails, and never raises: a
     value that does not parse counts as failing. Details come later, for failing columns."""
     col = sql.Identifier(name)
     branches = [
-        sql.SQL("WHEN {} THEN {}").format(_missing(name, null_markers), sql.Literal(rules.not_null))
+        sql.SQL("WHEN {} THEN {}").format(
+            _missing(name, null_markers), _required(name, rules, change_data)
+        )
     ]
     if rules.type in PG_TYPES:
         branches.append(
@@ -268,7 +285,9 @@ def column_is_bad(name: str, rules: Column, null_markers: list[str]) -> sql.Comp
     return sql.SQL("CASE {} ELSE false END").format(sql.SQL(" ").join(branches))
 
 
-def column_fails(name: str, rules: Column, null_markers: list[str]) -> sql.Composable:
+def column_fails(
+    name: str, rules: Column, null_markers: list[str], *, change_data: bool = False
+) -> sql.Composable:
     """Like :func:`column_is_bad`, at half the cost: each present value is parsed once, by a
     cast that raises when the value does not parse as the column's type."""
     checks: list[sql.Composable] = []
@@ -282,7 +301,7 @@ def column_fails(name: str, rules: Column, null_markers: list[str]) -> sql.Compo
         checks.append(_not_accepted(name, rules))
     present = sql.SQL(" OR ").join(checks) if checks else sql.SQL("false")
     return sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(
-        _missing(name, null_markers), sql.Literal(rules.not_null), present
+        _missing(name, null_markers), _required(name, rules, change_data), present
     )
 
 
@@ -299,13 +318,14 @@ def _count_failing(
 def _screen(conn: psycopg.Connection, batch: sql.Identifier, table: TableSpec) -> list[int]:
     """Row count, then per column the number of rows failing any of its rules."""
     markers = table.null_markers
+    changes = table.change_data
     names = list(table.columns)
     try:
         with conn.transaction():  # a savepoint: a value that does not parse aborts only this
-            flags = [column_fails(n, table.columns[n], markers) for n in names]
+            flags = [column_fails(n, table.columns[n], markers, change_data=changes) for n in names]
             return _count_failing(conn, batch, [sql.SQL("true"), *flags])
     except psycopg.errors.DataError:
-        flags = [column_is_bad(n, table.columns[n], markers) for n in names]
+        flags = [column_is_bad(n, table.columns[n], markers, change_data=changes) for n in names]
         return _count_failing(conn, batch, [sql.SQL("true"), *flags])
 
 
@@ -334,12 +354,17 @@ def evaluate(
         )
     ]
     for name, bad in zip(names, bad_columns, strict=True):
-        checks = column_checks(name, table.columns[name], table.null_markers)
+        checks = column_checks(
+            name, table.columns[name], table.null_markers, change_data=table.change_data
+        )
         counts = _count_failing(conn, batch, [c.condition for c in checks]) if bad else []
         for index, check in enumerate(checks):
             result = RuleResult(check.rule, check.column, counts[index] if bad else 0, check.detail)
             if result.failing:
                 result.samples = _samples(conn, batch, check, first_data_line)
             results.append(result)
-    results.extend(_unique_key(conn, batch, key, first_data_line) for key in table.unique)
+    # Change data holds several changes of one key (an insert, then updates): a unique key
+    # there names the source's key, which silver keeps one version of at a time.
+    if not table.change_data:
+        results.extend(_unique_key(conn, batch, key, first_data_line) for key in table.unique)
     return rows, results

@@ -15,10 +15,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import psycopg
 
 from flows.database import connect
 from flows.ingest import landing
@@ -160,11 +162,32 @@ def ingest_file(
     database's own errors for connection trouble (those are the transient ones to retry).
     """
     spec = spec or load_spec(dataset)
+    with fetch_source(uri, settings) as source:
+        return land_source(settings, spec, table, source, run_id=run_id, progress=progress)
+
+
+def land_source(
+    settings: Settings,
+    spec: DatasetSpec,
+    table: str,
+    source: SourceFile,
+    *,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    before_commit: Callable[[psycopg.Connection, str], None] | None = None,
+    seen_batches: Sequence[str] = (),
+) -> BatchResult:
+    """Land a local file as one immutable batch of ``raw.<table>`` (see :func:`ingest_file`).
+
+    ``before_commit(conn, batch_id)`` runs in the landing transaction of a batch that loads,
+    just before it commits: what must be recorded together with the batch (a source's
+    watermark) or not at all. Rows identical to a row of one of ``seen_batches`` are left out
+    (a source that reads some rows again); a batch left with none is not landed."""
     table_spec = spec.table(table)
     run_id = run_id or uuid.uuid4().hex
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    with fetch_source(uri, settings) as source, connect(settings) as conn:
+    with connect(settings) as conn:
         batch_id = batch_id_for(spec.name, table, source.sha256)
         landing.ensure_meta(conn)
         landing.ensure_raw_table(conn, table, table_spec)
@@ -220,6 +243,12 @@ def ingest_file(
             streaming = StreamProgress(progress or (lambda _: None), source.name)
             with _timed(phases, "copy"):
                 rows = landing.copy_batch(conn, part, stream, source.uri, streaming)
+                if seen_batches:
+                    rows -= landing.drop_seen_rows(conn, table, part, seen_batches)
+            if rows == 0 and seen_batches:
+                conn.rollback()
+                log.info("%s: every row landed before; nothing to do", source.uri)
+                return outcome("skipped", 0)
             if streaming.spoke:
                 streaming.say(f"{source.name}: {rows:,} rows in; the contract gate checks them")
             with _timed(phases, "gate"):
@@ -244,6 +273,8 @@ def ingest_file(
         landing.stamp_partition(conn, table, _stamp(spec, batch_id, source))
         landing.finish_partition(conn, table, part, batch_id)
         record("loaded", rows, None, report_uri)
+        if before_commit is not None:
+            before_commit(conn, batch_id)
         conn.commit()
     log.info("%s: landed %s rows in raw.%s as batch %s", source.uri, rows, table, batch_id)
     return outcome("loaded", rows, report_uri)
@@ -254,12 +285,12 @@ def default_drops(
 ) -> list[tuple[str, str]]:
     """``(table, file)`` for every drop of the default source of each table (or of the chosen
     tables), in order: a source may name many drops (:func:`flows.ingest.sources.source_files`)."""
-    chosen = tables or [name for name, t in spec.tables.items() if t.source]
+    chosen = tables or [name for name, t in spec.tables.items() if isinstance(t.source, str)]
     drops: list[tuple[str, str]] = []
     for table in chosen:
         source = spec.table(table).source
-        if source is None:
-            raise SourceError(f"table {table!r} of dataset {spec.name!r} names no default source")
+        if not isinstance(source, str):
+            raise SourceError(f"table {table!r} of dataset {spec.name!r} names no file source")
         folder = settings.home / "drops" / spec.name / table
         drops += [(table, uri) for uri in source_files(source, settings, drops=folder)]
     return drops

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -241,6 +241,23 @@ def copy_error(file: str, error: psycopg.Error, first_data_line: int) -> FileRej
     else:
         problem = message
     return FileRejected(file, problem, line=line, column=column)
+
+
+def drop_seen_rows(
+    conn: psycopg.Connection, table: str, part: sql.Identifier, seen: Sequence[str]
+) -> int:
+    """Delete the rows of the new batch that are identical to a row of one of the ``seen``
+    batches of ``raw.<table>`` (compared on their data columns, NULL apart from empty);
+    returns how many."""
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in _data_columns(conn, table))
+    deleted = conn.execute(
+        sql.SQL(
+            "DELETE FROM {part} WHERE md5(ROW({columns})::text) IN "
+            "(SELECT md5(ROW({columns})::text) FROM {raw} WHERE _batch_id = ANY(%s))"
+        ).format(part=part, columns=columns, raw=sql.Identifier(RAW, table)),
+        (list(seen),),
+    )
+    return deleted.rowcount
 
 
 def finish_partition(
