@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 # What a logical-replication source needs (pgoutput slots and the SQL slot functions).
-LOGICAL_WAL = {"wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10"}
+LOGICAL_WAL = {
+    "wal_level": sql.Literal("logical"),
+    "max_replication_slots": sql.Literal(20),
+    "max_wal_senders": sql.Literal(20),
+}
 
 
 def embedded_database_url(home: Path) -> str:
@@ -32,20 +36,20 @@ def embedded_database_url(home: Path) -> str:
 
 def embedded_logical_server_url(pgdata: Path, *, cleanup_mode: str | None = None) -> str:
     """Start (or reuse) an embedded PostgreSQL under ``pgdata`` with logical WAL (a CDC
-    source) and return its URL. A server started without it is restarted once with it."""
+    source) and return its URL. A server running without it is set up and restarted once."""
     import pgserver
+    from pgserver._commands import pg_ctl
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
-    with psycopg.connect(server.get_uri()) as conn:
-        level = conn.execute("SHOW wal_level").fetchone()[0]
-    if level == "logical":
-        return server.get_uri()
-    with (pgdata / "postgresql.conf").open("a") as conf:
-        conf.writelines(f"{name} = {value}\n" for name, value in LOGICAL_WAL.items())
-    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
-    server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if conn.execute("SHOW wal_level").fetchone()[0] == "logical":
+            return server.get_uri()
+        for name, value in LOGICAL_WAL.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), value))
+    # pg_ctl keeps the options the server was started with (its socket folder, no TCP).
+    pg_ctl(["-w", "-l", str(server.log), "restart"], pgdata=pgdata, user=server.system_user)
     return server.get_uri()
 
 

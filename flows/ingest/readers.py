@@ -81,7 +81,7 @@ def check_columns(file: str, found: list[str], table: TableSpec) -> None:
 
 def open_copy_stream(source: SourceFile, table: TableSpec) -> CopyStream:
     """Check the file's header or schema against the table's spec and stream its data."""
-    file_format = table.format or infer_format(source.name)
+    file_format = source.format or table.format or infer_format(source.name)
     if source.size == 0:
         raise FileRejected(source.uri, "empty file", rule="empty")
     if file_format == "csv":

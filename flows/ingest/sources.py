@@ -52,6 +52,7 @@ class SourceFile:
     path: Path
     sha256: str
     size: int
+    format: FileFormat | None = None  # when the name does not tell (a database read)
 
     @property
     def name(self) -> str:

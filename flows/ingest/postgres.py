@@ -1,0 +1,310 @@
+"""Operational PostgreSQL sources: a table read as a snapshot, by a watermark, or by CDC.
+
+Every read becomes a file drop in a temporary folder and lands through the same landing and
+contract gate as any other drop (:func:`flows.ingest.files.land_source`): a content-addressed
+batch, the same report. How far a source has been read is recorded in ``meta.source_reads``
+in the batch's own landing transaction, so a batch and the position after it land together
+or not at all.
+
+- ``snapshot``: ``COPY (SELECT ... ORDER BY key) TO STDOUT``; an unchanged table gives the
+  same bytes, so the same batch id, and lands nothing.
+- ``incremental``: rows whose cursor is past the watermark minus ``lookback_minutes``.
+  Rows read again inside the lookback are recognised by content: the landing drops every row
+  identical to one of the batches that read the same span, so none is counted twice.
+- ``cdc``: changes from a logical replication slot (``pgoutput``, one slot and publication per
+  table, read through the SQL slot functions). The slot is confirmed only after the landing
+  commits; after a crash in between, the same changes come again and are skipped, because
+  their commit LSN is not past the recorded position (and their batch's content address is
+  the same): exactly once in raw. The first read also lands the rows the table holds when the
+  slot is created, as inserts at the slot's start LSN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from flows.database import connect, ops_database_url
+from flows.ingest import pgoutput
+from flows.ingest.files import BatchResult, Progress, land_source
+from flows.ingest.sources import SourceError, SourceFile, infer_format, sha256_of
+from flows.meta import SOURCE_READS, ensure_meta_table, relation
+from flows.settings import Settings, variable
+from flows.specs import CHANGE_COLUMNS, DatasetSpec, PostgresSource, TableSpec
+
+log = logging.getLogger(__name__)
+
+OPS_VARIABLE = "SHARDYARD_OPS_DATABASE_URL"
+CDC_PAGE = 50_000  # changes per landed batch (whole transactions)
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """What one read of a database source did: the batches it landed and where it stands."""
+
+    table: str
+    mode: str
+    batches: list[BatchResult]
+    position: str | None  # watermark or LSN after the read; None before the first
+    lag: dict[str, float | int | None]
+
+
+def source_database_url(settings: Settings, name: str) -> str:
+    """The URL in the variable a source names (the bundled operations database: the
+    ``SHARDYARD_OPS_DATABASE_URL`` setting, or its embedded default)."""
+    if name == OPS_VARIABLE:
+        return ops_database_url(settings)
+    url = variable(name)
+    if not url:
+        raise SourceError(f"the source database's URL is not set: set {name}")
+    return url
+
+
+def read_source(
+    settings: Settings,
+    spec: DatasetSpec,
+    table: str,
+    *,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> SourceRead:
+    """Read the PostgreSQL source of ``spec``'s ``table`` once, landing what is new."""
+    table_spec = spec.table(table)
+    source = table_spec.source
+    if not isinstance(source, PostgresSource):
+        raise SourceError(f"table {table!r} of dataset {spec.name!r} has no PostgreSQL source")
+    reader = {"snapshot": _read_snapshot, "incremental": _read_increment, "cdc": _read_changes}
+    url = source_database_url(settings, source.database)
+    with psycopg.connect(url, autocommit=True) as src:
+        src.execute("SET TIME ZONE 'UTC'")
+        return reader[source.mode](
+            _Read(settings, spec, table, table_spec, source, run_id, progress), src
+        )
+
+
+@dataclass
+class _Read:
+    settings: Settings
+    spec: DatasetSpec
+    table: str
+    table_spec: TableSpec
+    source: PostgresSource
+    run_id: str | None
+    progress: Progress | None
+
+    @property
+    def source_columns(self) -> list[str]:
+        return [c for c in self.table_spec.columns if c not in CHANGE_COLUMNS]
+
+    def land(
+        self, path: Path, uri: str, position: str, rows: int, seen: list[str] | None = None
+    ) -> BatchResult:
+        """Land ``path`` as a batch and record ``position`` in its landing transaction
+        (leaving out rows identical to rows of the ``seen`` batches)."""
+        with path.open("rb") as handle:
+            sha256 = sha256_of(handle)
+
+        def record(conn: psycopg.Connection, batch_id: str) -> None:
+            ensure_meta_table(conn, SOURCE_READS)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (dataset, table_name, mode, batch_id, position, rows) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(relation(SOURCE_READS)),
+                (self.spec.name, self.table, self.source.mode, batch_id, position, rows),
+            )
+
+        return land_source(
+            self.settings,
+            self.spec,
+            self.table,
+            SourceFile(uri, path, sha256, path.stat().st_size, infer_format(path.name)),
+            run_id=self.run_id,
+            progress=self.progress,
+            before_commit=record,
+            seen_batches=seen or [],
+        )
+
+    def position(self) -> str | None:
+        """Where the last landed read of this source left off."""
+        with connect(self.settings) as conn:
+            ensure_meta_table(conn, SOURCE_READS)
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT position FROM {} WHERE dataset = %s AND table_name = %s "
+                    "AND mode = %s ORDER BY id DESC LIMIT 1"
+                ).format(relation(SOURCE_READS)),
+                (self.spec.name, self.table, self.source.mode),
+            ).fetchone()
+            conn.commit()
+        return row[0] if row else None
+
+    def uri(self, detail: str) -> str:
+        return f"postgres://{self.source.database}/{self.source.table}?{detail}"
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="shardyard-read-") as folder:
+        yield Path(folder)
+
+
+def _qualified(source: PostgresSource) -> sql.Identifier:
+    schema, _, name = source.table.partition(".")
+    return sql.Identifier(schema, name)
+
+
+def _order(read: _Read) -> sql.Composable:
+    """A total order of the source's rows: its unique key, else every column."""
+    key = read.table_spec.unique[0] if read.table_spec.unique else read.source_columns
+    return sql.SQL(", ").join(sql.Identifier(c) for c in key)
+
+
+def _copy_out(src: psycopg.Connection, query: sql.Composable, path: Path) -> None:
+    """``COPY (query) TO STDOUT`` as CSV with a header, into ``path``."""
+    statement = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+    with path.open("wb") as out, src.cursor().copy(statement) as copy:
+        for block in copy:
+            out.write(block)
+
+
+def _select(read: _Read, extra: sql.Composable | None = None) -> sql.Composable:
+    columns = [sql.Identifier(c) for c in read.source_columns]
+    if extra is not None:
+        columns.append(extra)
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), _qualified(read.source))
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+
+def _read_snapshot(read: _Read, src: psycopg.Connection) -> SourceRead:
+    with _scratch() as folder:
+        path = folder / f"{read.table}.csv"
+        _copy_out(src, sql.SQL("{} ORDER BY {}").format(_select(read), _order(read)), path)
+        result = read.land(path, read.uri("mode=snapshot"), "", 0)
+    return SourceRead(read.table, "snapshot", [result], None, {})
+
+
+# --- incremental ------------------------------------------------------------------------------
+
+
+def _read_increment(read: _Read, src: psycopg.Connection) -> SourceRead:
+    cursor = sql.Identifier(read.source.cursor or "")
+    watermark = read.position()
+    since = sql.SQL("TRUE")
+    if watermark is not None:
+        since = sql.SQL("{} > {}::timestamptz - make_interval(mins => {})").format(
+            cursor, sql.Literal(watermark), sql.Literal(read.source.lookback_minutes)
+        )
+    with src.transaction(), _scratch() as folder:
+        src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        rows_sql = sql.SQL("{} WHERE {}").format(_select(read), since)
+        count, newest = src.execute(
+            sql.SQL("SELECT count(*), max({}) FROM ({}) AS r").format(cursor, rows_sql)
+        ).fetchone()
+        if not count:
+            return SourceRead(read.table, "incremental", [], watermark, _age(watermark))
+        path = folder / f"{read.table}.csv"
+        _copy_out(src, sql.SQL("{} ORDER BY {}, {}").format(rows_sql, cursor, _order(read)), path)
+        position = newest.astimezone(UTC).isoformat()
+        uri = read.uri(f"mode=incremental&through={position}")
+        result = read.land(path, uri, position, count, seen=_reads_since(read, watermark))
+    return SourceRead(read.table, "incremental", [result], position, _age(position))
+
+
+def _reads_since(read: _Read, watermark: str | None) -> list[str]:
+    """The batches whose read reached into the lookback before ``watermark``: the rows read
+    again now may be theirs."""
+    if watermark is None:
+        return []
+    with connect(read.settings) as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT batch_id FROM {} WHERE dataset = %s AND table_name = %s "
+                "AND mode = 'incremental' "
+                "AND position::timestamptz > %s::timestamptz - make_interval(mins => %s)"
+            ).format(relation(SOURCE_READS)),
+            (read.spec.name, read.table, watermark, read.source.lookback_minutes),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _age(watermark: str | None) -> dict[str, float | int | None]:
+    if watermark is None:
+        return {"watermark_age_s": None}
+    age = datetime.now(UTC) - datetime.fromisoformat(watermark)
+    return {"watermark_age_s": round(age.total_seconds(), 1)}
+
+
+# --- cdc --------------------------------------------------------------------------------------
+
+
+def slot_name(spec: DatasetSpec, table: str) -> str:
+    """The replication slot (and publication) of a table: ``shardyard_<dataset>_<table>``."""
+    return f"shardyard_{spec.name}_{table}"[:63]
+
+
+def _read_changes(read: _Read, src: psycopg.Connection) -> SourceRead:
+    slot = slot_name(read.spec, read.table)
+    pgoutput.ensure_publication(src, slot, [read.source.table])
+    start = pgoutput.ensure_slot(src, slot)
+    position = read.position()
+    batches: list[BatchResult] = []
+    with _scratch() as folder:
+        if position is None:
+            batches.append(_land_initial_rows(read, src, folder, start))
+            position = str(start)
+        while True:
+            changes = list(pgoutput.peek_changes(src, slot, slot, max_changes=CDC_PAGE))
+            if not changes:
+                break
+            last = changes[-1].commit_lsn
+            fresh = [c for c in changes if c.commit_lsn > int(position)]
+            if fresh:
+                batches.append(_land_changes(read, folder, fresh, last))
+            pgoutput.confirm(src, slot, last)
+            position = str(last)
+    lag = {"slot_lag_bytes": pgoutput.slot_lag_bytes(src, slot)}
+    return SourceRead(read.table, "cdc", batches, position, lag)
+
+
+def _land_initial_rows(
+    read: _Read, src: psycopg.Connection, folder: Path, start: int
+) -> BatchResult:
+    """The rows the table holds when the slot starts, as inserts at the slot's start LSN."""
+    changes = sql.SQL(
+        "'insert' AS _change_op, {} AS _change_lsn, "
+        "(row_number() OVER (ORDER BY {}) - 1) AS _change_seq, now() AS _commit_time"
+    ).format(sql.Literal(start), _order(read))
+    path = folder / f"{read.table}-initial.csv"
+    _copy_out(src, sql.SQL("{} ORDER BY {}").format(_select(read, changes), _order(read)), path)
+    return read.land(path, read.uri(f"mode=cdc&initial_lsn={start}"), str(start), 0)
+
+
+def _land_changes(
+    read: _Read, folder: Path, changes: list[pgoutput.Change], last: int
+) -> BatchResult:
+    """One batch of change rows (JSONL: values in PostgreSQL's text form, NULL as null)."""
+    path = folder / f"{read.table}-{last}.jsonl"
+    columns = read.source_columns
+    with path.open("w") as out:
+        for change in changes:
+            row: dict[str, object] = {c: change.values.get(c) for c in columns}
+            row.update(
+                _change_op=change.op,
+                _change_lsn=str(change.commit_lsn),
+                _change_seq=str(change.seq),
+                _commit_time=change.commit_time.isoformat(),
+            )
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+    return read.land(path, read.uri(f"mode=cdc&through_lsn={last}"), str(last), len(changes))
