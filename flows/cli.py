@@ -8,7 +8,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from flows.datasets import DEFAULT_DATASET
 from flows.ingest.files import BatchResult, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
 from flows.settings import Settings, load_settings
-from flows.specs import SpecError
+from flows.specs import DatasetSpec, SpecError, bundled_specs, load_spec
 from flows.transform.results import TransformFailed
 
 log = logging.getLogger("shardyard")
@@ -66,6 +66,52 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest_file(settings, args.dataset, args.table, args.file, progress=_say)
     _print_batches([result])
     return 0
+
+
+# A replay called with this moment creates its tables and writes nothing (the spec's contract).
+BEFORE_ANY_CHANGE = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def cmd_ops_replay(args: argparse.Namespace) -> int:
+    from flows.database import ops_database_url
+    from flows.ingest.postgres import prepare_change_capture
+    from flows.ingest.sources import load_function
+
+    spec = _replayed_dataset(args.dataset)
+    until = _parse_moment(args.until)
+    settings = load_settings()
+    replay = load_function(spec.replay or "")
+    url = ops_database_url(settings)
+    # The slots exist before the first change, so CDC sees the whole history.
+    replay(url, BEFORE_ANY_CHANGE)
+    prepare_change_capture(settings, spec)
+    result = replay(url, until, progress=_say)
+    print(f"ops replayed until {result.replayed_until.isoformat()} for dataset {spec.name}")
+    for change, count in result.applied.items():
+        print(f"  {change:<16} {count:>9,}")
+    return 0
+
+
+def _replayed_dataset(name: str | None) -> DatasetSpec:
+    """The dataset whose operations database to replay: the one named, else the only bundled
+    dataset that declares a replay."""
+    if name:
+        spec = load_spec(name)
+        if spec.replay is None:
+            raise SpecError(f"dataset {name!r} declares no replay of an operations database")
+        return spec
+    declaring = [spec for spec in bundled_specs() if spec.replay is not None]
+    if len(declaring) != 1:
+        raise SpecError("name the dataset to replay with --dataset")
+    return declaring[0]
+
+
+def _parse_moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SpecError(f"--until {text!r} is not a time (YYYY-MM-DD[THH:MM:SSZ])") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse_date(text: str | None) -> date | None:
@@ -199,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--version", help="a version id (default: LATEST)")
     datasets.add_argument("--csv", help="new: a folder of CSV files, one per table")
     datasets.set_defaults(func=cmd_datasets)
+
+    ops = commands.add_parser("ops", help="the operations (source) database")
+    ops.add_argument("action", choices=["replay"])
+    ops.add_argument("--until", required=True, help="UTC time to replay to, YYYY-MM-DD[THH:MM:SSZ]")
+    ops.add_argument("--dataset", help="the dataset whose operations database to replay")
+    ops.set_defaults(func=cmd_ops_replay)
 
     ingest = commands.add_parser(
         "ingest", help="land one file drop into a dataset's raw table through the contract gate"

@@ -22,8 +22,10 @@ from prefect.tasks import exponential_backoff
 from flows import stages
 from flows.datasets import DEFAULT_DATASET
 from flows.ingest.files import BatchResult, ContractViolation, Progress, ingest_file
+from flows.ingest.postgres import SourceRead, read_source
 from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
 from flows.settings import Settings, load_settings
+from flows.specs import DatasetSpec
 
 TASK_TIMEOUT_S = {"ingest": 1800, "transform": 3600, "shard": 3600}
 
@@ -106,9 +108,30 @@ def land_file(
     return result
 
 
+@_retried("ingest", task_run_name="read-{table}")
+def read_database(
+    settings: Settings,
+    spec: DatasetSpec,
+    table: str,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> SourceRead:
+    """One read of a database source (retried on transient faults only), with its lag."""
+    read = read_source(
+        settings, spec, table, run_id=run_id, progress=progress or get_run_logger().info
+    )
+    create_table_artifact(
+        key=f"lag-{spec.name}-{table}".replace("_", "-"),
+        table=[{"table": table, "mode": read.mode, "position": read.position, **read.lag}],
+        description=f"How far {spec.name}.{table} has been read, and how far behind it is",
+    )
+    return read
+
+
 @flow(name="ingest", log_prints=True)
 def ingest(dataset: str = DEFAULT_DATASET, files: dict[str, str] | None = None) -> dict[str, Any]:
-    """Land the dataset's file drops (default: the spec's sources) into raw.* ."""
+    """Land the dataset's file drops (default: the spec's sources) and read its database
+    sources into raw.* ."""
     return stages.ingest_stage(
         load_settings(),
         dataset,
@@ -116,6 +139,7 @@ def ingest(dataset: str = DEFAULT_DATASET, files: dict[str, str] | None = None) 
         run_id=_run_id(),
         parent_run_id=_parent_run_id(),
         land=land_file,
+        read=read_database,
     )
 
 

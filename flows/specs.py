@@ -83,7 +83,7 @@ class PostgresSource(BaseModel):
     """A table of an operational PostgreSQL database, read in one of three modes:
 
     - ``snapshot``: the whole table, each run (``COPY (SELECT ...) TO STDOUT``);
-    - ``incremental``: rows whose ``cursor`` (e.g. ``updated_at``) passed the stored
+    - ``incremental``: rows whose ``cursor`` (a modification time) passed the stored
       watermark, re-reading ``lookback_minutes`` before it for rows that arrive late;
     - ``cdc``: inserts, updates and deletes from a logical replication slot (``pgoutput``).
 
@@ -251,6 +251,12 @@ class DatasetSpec(BaseModel):
     description: str = ""
     governance: Governance = Field(default_factory=Governance)
     transform: TransformSpec | None = None
+    replay: str | None = Field(
+        default=None,
+        description="module:function that simulates the dataset's operations database: "
+        "`shardyard ops replay --until T` calls it with the database URL and T (first with the "
+        "year 1, when it creates its tables and writes nothing; then the CDC slots are made).",
+    )
     tables: dict[str, TableSpec]
     publish: PublishSpec | None = None
 

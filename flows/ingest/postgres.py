@@ -254,7 +254,43 @@ def slot_name(spec: DatasetSpec, table: str) -> str:
     return f"shardyard_{spec.name}_{table}"[:63]
 
 
+def prepare_change_capture(settings: Settings, spec: DatasetSpec) -> list[str]:
+    """Create the publication and replication slot of every cdc table of ``spec`` (its source
+    tables must exist), so that the log keeps every change from now on; returns the slots.
+    A replay of an operations database does this before it writes its first change."""
+    slots = []
+    for table, table_spec in spec.tables.items():
+        source = table_spec.source
+        if not (isinstance(source, PostgresSource) and table_spec.change_data):
+            continue
+        slot = slot_name(spec, table)
+        with psycopg.connect(
+            source_database_url(settings, source.database), autocommit=True
+        ) as src:
+            pgoutput.ensure_publication(src, slot, [source.table])
+            pgoutput.ensure_slot(src, slot)
+        slots.append(slot)
+    return slots
+
+
+def _require_whole_old_rows(read: _Read, src: psycopg.Connection) -> None:
+    """A delete places its row in time by the table's time column only if the source logs
+    whole old rows; with the default replica identity it carries the key alone."""
+    if read.table_spec.time_column is None:
+        return
+    identity = src.execute(
+        "SELECT relreplident FROM pg_class WHERE oid = %s::regclass", (read.source.table,)
+    ).fetchone()
+    if identity is None or identity[0] != "f":
+        raise SourceError(
+            f"{read.source.table}: a cdc source with a time_column needs "
+            f"ALTER TABLE {read.source.table} REPLICA IDENTITY FULL, so that a delete carries "
+            f"{read.table_spec.time_column}"
+        )
+
+
 def _read_changes(read: _Read, src: psycopg.Connection) -> SourceRead:
+    _require_whole_old_rows(read, src)
     slot = slot_name(read.spec, read.table)
     pgoutput.ensure_publication(src, slot, [read.source.table])
     start = pgoutput.ensure_slot(src, slot)

@@ -19,11 +19,11 @@ import importlib
 import importlib.util
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from flows.settings import Settings
 from flows.specs import FileFormat
@@ -149,17 +149,22 @@ class DropWriter(Protocol):
     def __call__(self, folder: Path) -> object: ...
 
 
-def drop_writer(uri: str) -> DropWriter:
-    """The function a ``generate://module:function`` source names."""
-    module_name, _, function = uri.removeprefix(GENERATE).partition(":")
+def load_function(reference: str) -> Callable[..., Any]:
+    """The function ``module:function`` names (a spec's generator or replay)."""
+    module_name, _, function = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise SourceError(f"{uri}: cannot import {module_name!r} ({error})") from None
-    writer = getattr(module, function, None) if function else None
-    if not callable(writer):
-        raise SourceError(f"{uri}: {module_name!r} has no function {function!r}")
-    return writer
+        raise SourceError(f"{reference}: cannot import {module_name!r} ({error})") from None
+    found = getattr(module, function, None) if function else None
+    if not callable(found):
+        raise SourceError(f"{reference}: {module_name!r} has no function {function!r}")
+    return found
+
+
+def drop_writer(uri: str) -> DropWriter:
+    """The function a ``generate://module:function`` source names."""
+    return load_function(uri.removeprefix(GENERATE))
 
 
 def source_files(uri: str, settings: Settings, *, drops: Path) -> list[str]:

@@ -61,7 +61,7 @@ def test_deployment_runs_from_the_cli_publish_and_backfill_idempotently(
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect_server.cli("deployment", "ls")
     for flow in ("pipeline", "ingest", "transform", "shard"):
-        for dataset in ("flights", "events"):
+        for dataset in ("flights", "events", "flights_ops"):
             assert f"{flow}/{dataset}" in listed.stdout, listed.stdout
 
     run = prefect_server.cli("deployment", "run", "pipeline/flights", "--watch", timeout=1500)

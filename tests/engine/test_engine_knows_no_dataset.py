@@ -10,7 +10,7 @@ import re
 import tokenize
 from pathlib import Path
 
-from flows.specs import DatasetSpec, bundled_specs
+from flows.specs import CHANGE_COLUMNS, DatasetSpec, bundled_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = [
@@ -23,8 +23,10 @@ ENGINE = [
 # Words that name a column of some bundled dataset but are also the engine's own vocabulary,
 # used with the engine's meaning: a spec's ``name``, a column's ``type``, a file's ``source``,
 # the keys of a published sample (``example_id``, ``anchor_ts``), argparse's ``dest``,
-# importlib's ``origin``, pyarrow's ``tz``, ``ts`` for a timestamp, calendar units.
+# importlib's ``origin``, pyarrow's ``tz``, ``ts`` for a timestamp, litdata's ``updated_at``
+# (a field of its index), calendar units.
 ENGINE_WORDS = {
+    "updated_at",
     "ts",
     "dest",
     "origin",
@@ -51,7 +53,7 @@ def dataset_names(spec: DatasetSpec) -> set[str]:
     the columns it publishes."""
     names = {spec.name, *spec.tables}
     for table in spec.tables.values():
-        names.update(table.columns)
+        names.update(c for c in table.columns if c not in CHANGE_COLUMNS)  # the engine's own
     if spec.publish is not None:
         names.add(spec.publish.source.rpartition(".")[2])  # the schema is a layer: gold
         names.update(spec.publish.source_columns())

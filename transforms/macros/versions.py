@@ -1,4 +1,5 @@
-"""Macros for silver: which ingested version of a record is the current one.
+"""Macros for silver: which ingested version of a record is the current one, and which version
+of a versioned row was current at a moment.
 
 A source may deliver the same record again (a corrected file, a re-sent day). Silver keeps
 the newest version of each key: the one ingested last, then the later batch, then the later
@@ -27,4 +28,23 @@ def newest_version_rank(evaluator: MacroEvaluator, *keys: exp.Column) -> exp.Exp
         this=exp.RowNumber(),
         partition_by=[key.copy() for key in keys],
         order=exp.Order(expressions=order),
+    )
+
+
+@macro()
+def current_at(
+    evaluator: MacroEvaluator, versions: exp.Expression, moment: exp.Expression
+) -> exp.Expression:
+    """True for the version of a row that was current at ``moment``: recorded at or before it,
+    and not yet replaced (``valid_from``/``valid_to`` of a versioned table):
+    ``@current_at(v, e.anchor_ts)``."""
+    table = versions.name
+    valid_from = exp.column("valid_from", table=table)
+    valid_to = exp.column("valid_to", table=table)
+    return exp.and_(
+        exp.LTE(this=valid_from, expression=moment.copy()),
+        exp.or_(
+            exp.Is(this=valid_to, expression=exp.Null()),
+            exp.GT(this=valid_to.copy(), expression=moment.copy()),
+        ),
     )
