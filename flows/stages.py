@@ -190,6 +190,10 @@ def transform_stage(
         summary["models_evaluated"] = sorted(result.models_evaluated)
         summary["intervals_evaluated"] = len(result.evaluations)
         summary["audits_passed"] = sum(e.audits_passed for e in result.evaluations)
+        summary["restatements"] = [
+            {"models": list(r.models), "start": r.start, "end": r.end, "reason": r.reason}
+            for r in result.restatements
+        ]
         summary["row_counts"] = layer_row_counts(settings, result.models)
     return summary
 
