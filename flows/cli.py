@@ -114,8 +114,34 @@ def _parse_moment(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from flows.governance import request_deletion
+
+    request = request_deletion(load_settings(), args.dataset, args.key)
+    print(
+        f"deletion request {request} recorded for {args.dataset}: {args.key}. The next run "
+        "drops it from every layer, publishes a version without it and writes the proof to "
+        f"reports/deletions/{args.dataset}/{request}.json"
+    )
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from flows.governance import expire_batches
+
+    today = _parse_date(args.today)
+    expired = expire_batches(load_settings(), args.dataset, today)
+    print(f"{len(expired)} batch(es) of {args.dataset} expired; the next run drops their rows")
+    for batch in expired:
+        print(f"  {batch}")
+    return 0
+
+
 def _parse_date(text: str | None) -> date | None:
-    return date.fromisoformat(text) if text else None
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        raise SpecError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _print_ingest(summary: stages.Summary) -> None:
@@ -245,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--version", help="a version id (default: LATEST)")
     datasets.add_argument("--csv", help="new: a folder of CSV files, one per table")
     datasets.set_defaults(func=cmd_datasets)
+
+    forget = commands.add_parser(
+        "forget", help="request that an entity be removed from every layer and new version"
+    )
+    forget.add_argument("--dataset", required=True)
+    forget.add_argument("--key", required=True, help="COLUMN=VALUE, COLUMN a forget key")
+    forget.set_defaults(func=cmd_forget)
+
+    retention = commands.add_parser(
+        "retention", help="expire the batches past their governance retention"
+    )
+    retention.add_argument("--dataset", default=DEFAULT_DATASET)
+    retention.add_argument("--today", help="the day to judge by (YYYY-MM-DD; default today)")
+    retention.set_defaults(func=cmd_retention)
 
     ops = commands.add_parser("ops", help="the operations (source) database")
     ops.add_argument("action", choices=["replay"])

@@ -214,6 +214,11 @@ class Governance(BaseModel):
     region: str | None = None
     retention_days: int | None = None
     owner: str | None = None
+    forget_keys: list[str] = Field(
+        default_factory=list,
+        description="Columns whose values name an entity a deletion request may forget "
+        "(`shardyard forget --key COLUMN=VALUE`), e.g. a user id.",
+    )
 
     def retention_until(self, today: date) -> date | None:
         if self.retention_days is None:
@@ -266,6 +271,14 @@ class DatasetSpec(BaseModel):
         if not IDENTIFIER.match(name):
             raise ValueError(f"dataset name {name!r} is not a plain lower-case identifier")
         return name
+
+    @model_validator(mode="after")
+    def _forget_keys_are_columns(self) -> DatasetSpec:
+        columns = {c for table in self.tables.values() for c in table.columns}
+        unknown = sorted(set(self.governance.forget_keys) - columns)
+        if unknown:
+            raise ValueError(f"governance.forget_keys names no column of any table: {unknown}")
+        return self
 
     @field_validator("tables")
     @classmethod

@@ -207,7 +207,8 @@ def shard_stage(
     progress: Progress | None = None,
 ) -> Summary:
     """Split gold, write WebDataset and LitData shards, publish the manifest last."""
-    from flows.publish.publishing import publish_dataset
+    from flows.governance import prove_deletions
+    from flows.publish.publishing import dataset_storage, publish_dataset
     from flows.transform.lineage import gold_lineage
 
     spec = load_spec(dataset)
@@ -226,6 +227,9 @@ def shard_stage(
             "manifest_uri": result.manifest_uri,
             "counts": result.counts,
         }
+        summary["deletion_reports"] = prove_deletions(
+            settings, spec, dataset_storage(settings), result.version
+        )
     return summary
 
 

@@ -229,6 +229,7 @@ def land_source(
                 duration_s=time.monotonic() - started,
                 copy_s=phases.get("copy"),
                 gate_s=phases.get("gate"),
+                retention_until=spec.governance.retention_until(started_at.date()),
             )
 
         landing.lock_table(conn, table)

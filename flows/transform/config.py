@@ -77,7 +77,8 @@ def model_variables(specs: list[DatasetSpec]) -> dict[str, Any]:
 
     - ``<dataset>_start`` and ``<dataset>_time_zone``: the spec's ``transform`` section;
     - ``raw_<table>_contract``: a raw table's columns with the SQL type bronze casts each to
-      (the type the contract gate checks) and its null markers, for ``@typed_columns``.
+      (the type the contract gate checks), its null markers and the columns whose values a
+      deletion request may name, for ``@typed_columns`` and ``@kept_rows``.
     """
     variables: dict[str, Any] = {}
     for spec in specs:
@@ -87,8 +88,10 @@ def model_variables(specs: list[DatasetSpec]) -> dict[str, Any]:
                 variables[f"{spec.name}_time_zone"] = spec.transform.time_zone
         for name, table in spec.tables.items():
             variables[f"raw_{name}_contract"] = {
+                "dataset": spec.name,
                 "columns": {column: SQL_TYPES[c.type] for column, c in table.columns.items()},
                 "null_markers": list(table.null_markers),
+                "forget_keys": [k for k in spec.governance.forget_keys if k in table.columns],
             }
     return variables
 

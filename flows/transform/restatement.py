@@ -21,7 +21,7 @@ from psycopg import sql
 
 from flows.database import connect, relation_exists
 from flows.ingest.landing import RAW
-from flows.meta import INGEST_BATCHES, relation
+from flows.meta import DELETION_REQUESTS, INGEST_BATCHES, ensure_meta_table, relation
 from flows.settings import Settings
 from flows.specs import GoldReach, TableSpec
 from flows.transform.config import view_schema
@@ -240,4 +240,78 @@ def restate_pending_batches(session: Session, settings: Settings) -> None:
             utc_midnight(pending.last_day + timedelta(days=1)),
             reason=reason,
             reach=table.gold_reach,
+        )
+
+
+# --- deletion requests -----------------------------------------------------------------------
+
+
+def pending_deletions(settings: Settings, dataset: str) -> list[tuple[int, str, str]]:
+    """``(id, key_column, key_value)`` of the dataset's requests no transform applied yet."""
+    with connect(settings) as conn:
+        ensure_meta_table(conn, DELETION_REQUESTS)
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT id, key_column, key_value FROM {} WHERE dataset = %s "
+                "AND status = 'requested' ORDER BY id"
+            ).format(relation(DELETION_REQUESTS)),
+            (dataset,),
+        ).fetchall()
+        conn.commit()
+    return [(int(i), str(c), str(v)) for i, c, v in rows]
+
+
+def restate_forgotten(session: Session, settings: Settings) -> list[int]:
+    """Restate what the pending deletion requests of the session's dataset touch: the days of
+    the rows they name in each table that has the key column (everything downstream of a
+    reference table), so bronze drops those rows (``@kept_rows``) and every layer after it
+    follows. Returns the requests' ids."""
+    requests = pending_deletions(settings, session.spec.name)
+    if not requests:
+        return []
+    with connect(settings) as conn:
+        for name, table in session.spec.tables.items():
+            named_values: dict[str, list[str]] = {}
+            for _, column, value in requests:
+                if column in table.columns:
+                    named_values.setdefault(column, []).append(value)
+            if not named_values or not relation_exists(conn, RAW, name):
+                continue
+            reason = f"deletion request(s) {[i for i, _, _ in requests]} on raw.{name}"
+            if table.time_column is None:
+                restate_models(session, [bronze_model(name)], None, None, reason=reason)
+                continue
+            named = sql.SQL(" OR ").join(
+                sql.SQL("{} = ANY(%s)").format(sql.Identifier(c)) for c in named_values
+            )
+            day = _utc_day(sql.SQL("{}::timestamptz").format(sql.Identifier(table.time_column)))
+            first, last = conn.execute(
+                sql.SQL("SELECT min({}), max({}) FROM {} WHERE {}").format(
+                    day, day, sql.Identifier(RAW, name), named
+                ),
+                list(named_values.values()),
+            ).fetchone()
+            if first is not None:
+                restate_models(
+                    session,
+                    [bronze_model(name)],
+                    utc_midnight(first),
+                    utc_midnight(last + timedelta(days=1)),
+                    reason=reason,
+                    reach=table.gold_reach,
+                )
+    return [i for i, _, _ in requests]
+
+
+def mark_applied(settings: Settings, request_ids: list[int]) -> None:
+    """The requests' rows are gone from every layer of the environment."""
+    if not request_ids:
+        return
+    with connect(settings) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'applied', applied_at = now() "
+                "WHERE id = ANY(%s) AND status = 'requested'"
+            ).format(relation(DELETION_REQUESTS)),
+            (request_ids,),
         )

@@ -15,8 +15,10 @@ How a run works, in order:
    exactly the intervals they touch: the UTC days of their rows in bronze and silver, and
    in gold those days plus the days whose features or labels can see them (each table's
    ``gold_reach`` in the spec). A batch of a reference table restates everything downstream.
-4. Backfill or restate a date range given by the caller.
-5. Run the intervals that are due by the models' cron.
+4. Restate the days that pending deletion requests (``shardyard forget``) name, so bronze drops
+   those rows and every later layer follows; the requests are then marked applied.
+5. Backfill or restate a date range given by the caller.
+6. Run the intervals that are due by the models' cron.
 
 Every evaluation SQLMesh reports is recorded in the :class:`TransformResult`. A failed audit
 (or any failed model) raises :class:`AuditFailed` / :class:`TransformFailed` with the audit's
@@ -32,7 +34,7 @@ from datetime import date, datetime, timedelta
 from flows.database import connect, relation_exists
 from flows.ingest.files import Progress
 from flows.ingest.landing import RAW
-from flows.meta import INGEST_BATCHES, META
+from flows.meta import DELETION_REQUESTS, INGEST_BATCHES, META, ensure_meta_table
 from flows.settings import Settings
 from flows.specs import DatasetSpec, load_spec
 from flows.transform.config import dataset_models, environment_name, sqlmesh_context, using_console
@@ -40,6 +42,8 @@ from flows.transform.console import RecordingConsole
 from flows.transform.plans import Session
 from flows.transform.restatement import (
     bronze_model,
+    mark_applied,
+    restate_forgotten,
     restate_models,
     restate_pending_batches,
     widest_reach,
@@ -77,9 +81,11 @@ def run_transform(
             result.models = [m for m in session.models if not context.get_model(m).kind.is_external]
             session.plan_and_apply()
             restate_pending_batches(session, settings)
+            forgotten = restate_forgotten(session, settings)
             if start is not None and end is not None:
                 _apply_requested_range(session, as_day(start), as_day(end), restate)
             session.run()
+            mark_applied(settings, forgotten)
         except TransformFailed as failure:
             failure.result = result
             raise
@@ -90,9 +96,11 @@ def run_transform(
 
 
 def _require_raw_landing(settings: Settings, spec: DatasetSpec) -> None:
-    """Bronze reads every raw table and the batch log: say so plainly when one is missing."""
+    """Bronze reads every raw table, the batch log and the deletion requests: say so plainly
+    when a raw table or the log is missing (the requests table is made when missing)."""
     needed = [(META, INGEST_BATCHES.name), *((RAW, table) for table in spec.tables)]
     with connect(settings) as conn:
+        ensure_meta_table(conn, DELETION_REQUESTS)
         missing = [f"{s}.{n}" for s, n in needed if not relation_exists(conn, s, n)]
     if missing:
         raise TransformFailed(

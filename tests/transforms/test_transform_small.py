@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from flows.governance import expire_batches
 from flows.settings import Settings
 from flows.stages import transform_stage
 from flows.transform.lineage import gold_lineage, gold_relation, layer_row_counts
@@ -218,7 +219,8 @@ def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_determin
     assert lineage == gold_lineage(settings, FLIGHTS)
     assert lineage["relation"] == GOLD
     assert lineage["fingerprint"] == lineage["models"][GOLD]["fingerprint"]
-    sources = {"raw.flights", "raw.weather", "raw.planes", "raw.airports", "meta.ingest_batches"}
+    sources = {"raw.flights", "raw.weather", "raw.planes", "raw.airports"}
+    sources |= {"meta.ingest_batches", "meta.deletion_requests"}
     built_models = set(expected_counts()) - {"bronze.airlines", "silver.airlines"}
     assert set(lineage["models"]) == built_models | sources
     loaded = query(settings, "SELECT table_name, batch_id FROM meta.ingest_batches")
@@ -438,3 +440,22 @@ def test_a_changed_model_is_planned_applied_and_backfilled_without_prompts(
     [(too_windy,)] = query(settings, f"SELECT count(*) FROM {GOLD} WHERE wx_wind_speed > 20")
     assert too_windy == 0
     assert run_transform(settings, "flights").evaluations == []
+
+
+def test_batches_past_their_retention_leave_every_layer(copy_of_built: Settings) -> None:
+    settings = copy_of_built
+    # the event batches landed long ago, with a retention that has run out
+    query(
+        settings,
+        "UPDATE meta.ingest_batches SET retention_until = '2020-01-01' "
+        "WHERE table_name IN ('flights', 'weather') RETURNING 1",
+    )
+
+    expired = expire_batches(settings, "flights")
+    result = run_transform(settings, "flights")
+
+    assert len(expired) == 2
+    assert {r.reason.split(" ")[0] for r in result.restatements} >= {"raw.flights"}
+    counts = layer_row_counts(settings, FLIGHTS_MODELS)
+    assert counts[GOLD] == counts["bronze.flights"] == counts["silver.weather"] == 0
+    assert counts["silver.planes"] == expected_counts()["silver.planes"]  # kept

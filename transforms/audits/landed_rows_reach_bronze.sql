@@ -1,6 +1,7 @@
--- Bronze row-count sanity: every batch seen in the processed intervals reached bronze whole.
--- A row that cannot be placed in time (no valid date) would otherwise vanish silently; here its
--- batch fails, with the raw and bronze row counts side by side.
+-- Bronze row-count sanity: every batch seen in the processed intervals reached bronze whole
+-- (but for the rows of entities a deletion request names: @kept_rows with the raw table's
+-- contract). A row that cannot be placed in time (no valid date) would otherwise vanish
+-- silently; here its batch fails, with the raw and bronze row counts side by side.
 AUDIT (
   name landed_rows_reach_bronze
 );
@@ -20,6 +21,7 @@ WITH batches AS (
         _batch_id
       FROM batches
     )
+    AND @kept_rows(@contract)
   GROUP BY
     r._batch_id
 ), bronze_rows AS (

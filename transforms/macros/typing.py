@@ -145,8 +145,27 @@ def provenance_columns(evaluator: MacroEvaluator) -> list[exp.Expression]:
 
 
 @macro()
-def from_loaded_batch(evaluator: MacroEvaluator, batch_id: exp.Expression) -> exp.Expression:
-    """True for raw rows of a batch the ingest log lists as loaded:
-    ``WHERE @from_loaded_batch(_batch_id)``."""
+def kept_rows(evaluator: MacroEvaluator, contract: exp.Expression) -> exp.Expression:
+    """True for the raw rows bronze keeps: rows of a batch the ingest log lists as loaded, and
+    not of an entity a deletion request names (a value of one of the contract's forget keys):
+    ``WHERE @kept_rows(@raw_events_contract)``."""
+    declared = _contract(evaluator, contract)
     loaded = exp.select("b.batch_id").from_("meta.ingest_batches AS b").where("b.status = 'loaded'")
-    return batch_id.isin(query=loaded)
+    kept: exp.Expression = exp.column("_batch_id").isin(query=loaded)
+    for key in declared.get("forget_keys") or []:
+        named = (
+            exp.select("1")
+            .from_("meta.deletion_requests AS d")
+            .where(
+                exp.and_(
+                    exp.EQ(
+                        this=exp.column("dataset", "d"),
+                        expression=exp.Literal.string(declared["dataset"]),
+                    ),
+                    exp.EQ(this=exp.column("key_column", "d"), expression=exp.Literal.string(key)),
+                    exp.EQ(this=exp.column("key_value", "d"), expression=exp.column(key)),
+                )
+            )
+        )
+        kept = exp.and_(kept, exp.Not(this=exp.Exists(this=named)))
+    return kept

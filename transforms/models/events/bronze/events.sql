@@ -8,7 +8,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.events),
+    landed_rows_reach_bronze(source := raw.events, contract := @raw_events_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, event_id, user_id, event_type, ts)),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   ),
@@ -24,7 +24,7 @@ WITH typed AS (
     @provenance_columns()
   FROM raw.events
   WHERE
-    @from_loaded_batch(_batch_id)
+    @kept_rows(@raw_events_contract)
 )
 SELECT
   event_id,

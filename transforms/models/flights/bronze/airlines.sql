@@ -6,7 +6,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.airlines),
+    landed_rows_reach_bronze(source := raw.airlines, contract := @raw_airlines_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, carrier)),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   )
@@ -17,6 +17,6 @@ SELECT
   @provenance_columns()
 FROM raw.airlines
 WHERE
-  @from_loaded_batch(_batch_id);
+  @kept_rows(@raw_airlines_contract);
 
 @analyze_table(@this_model);

@@ -6,7 +6,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.airports),
+    landed_rows_reach_bronze(source := raw.airports, contract := @raw_airports_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, faa)),
     unique_combination_of_columns(columns := (_batch_id, _record_no)),
     accepted_range(column := lat, min_v := -90, max_v := 90),
@@ -19,6 +19,6 @@ SELECT
   @provenance_columns()
 FROM raw.airports
 WHERE
-  @from_loaded_batch(_batch_id);
+  @kept_rows(@raw_airports_contract);
 
 @analyze_table(@this_model);

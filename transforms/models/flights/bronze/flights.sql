@@ -8,7 +8,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.flights),
+    landed_rows_reach_bronze(source := raw.flights, contract := @raw_flights_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, year, month, day, carrier, flight, origin, sched_dep_time)),
     unique_combination_of_columns(columns := (_batch_id, _record_no)),
     accepted_range(column := month, min_v := 1, max_v := 12),
@@ -25,10 +25,10 @@ MODEL (
 
 WITH landed AS (
   SELECT
-    r.*
-  FROM raw.flights AS r
+    *
+  FROM raw.flights
   WHERE
-    @from_loaded_batch(r._batch_id)
+    @kept_rows(@raw_flights_contract)
 ), typed AS (
   SELECT
     @typed_columns(@raw_flights_contract),

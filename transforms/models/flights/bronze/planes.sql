@@ -6,7 +6,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.planes),
+    landed_rows_reach_bronze(source := raw.planes, contract := @raw_planes_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, tailnum)),
     unique_combination_of_columns(columns := (_batch_id, _record_no)),
     accepted_range(column := year, min_v := 1900, max_v := 2100),
@@ -20,6 +20,6 @@ SELECT
   @provenance_columns()
 FROM raw.planes
 WHERE
-  @from_loaded_batch(_batch_id);
+  @kept_rows(@raw_planes_contract);
 
 @analyze_table(@this_model);

@@ -8,7 +8,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.weather),
+    landed_rows_reach_bronze(source := raw.weather, contract := @raw_weather_contract),
     not_null(columns := (_batch_id, _record_no, _ingested_at, origin, time_hour)),
     unique_combination_of_columns(columns := (_batch_id, _record_no)),
     accepted_range(column := humid, min_v := 0, max_v := 100),
@@ -24,10 +24,10 @@ MODEL (
 
 WITH landed AS (
   SELECT
-    r.*
-  FROM raw.weather AS r
+    *
+  FROM raw.weather
   WHERE
-    @from_loaded_batch(r._batch_id)
+    @kept_rows(@raw_weather_contract)
 ), typed AS (
   SELECT
     @typed_columns(@raw_weather_contract),

@@ -6,7 +6,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.ops_airports),
+    landed_rows_reach_bronze(source := raw.ops_airports, contract := @raw_ops_airports_contract),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   )
 );
@@ -16,6 +16,6 @@ SELECT
   @provenance_columns()
 FROM raw.ops_airports
 WHERE
-  @from_loaded_batch(_batch_id);
+  @kept_rows(@raw_ops_airports_contract);
 
 @analyze_table(@this_model);

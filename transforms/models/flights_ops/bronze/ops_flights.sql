@@ -8,7 +8,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.ops_flights),
+    landed_rows_reach_bronze(source := raw.ops_flights, contract := @raw_ops_flights_contract),
     not_null(columns := (_batch_id, _record_no, flight_id, time_hour, updated_at, _change_op, _change_lsn, _change_seq)),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   )
@@ -19,7 +19,7 @@ SELECT
   @provenance_columns()
 FROM raw.ops_flights
 WHERE
-  @from_loaded_batch(_batch_id)
+  @kept_rows(@raw_ops_flights_contract)
   AND time_hour::TIMESTAMPTZ BETWEEN @start_tstz AND @end_tstz;
 
 @create_index(@this_model, time_hour);

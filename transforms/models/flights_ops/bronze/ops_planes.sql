@@ -6,7 +6,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.ops_planes),
+    landed_rows_reach_bronze(source := raw.ops_planes, contract := @raw_ops_planes_contract),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   )
 );
@@ -16,6 +16,6 @@ SELECT
   @provenance_columns()
 FROM raw.ops_planes
 WHERE
-  @from_loaded_batch(_batch_id);
+  @kept_rows(@raw_ops_planes_contract);
 
 @analyze_table(@this_model);

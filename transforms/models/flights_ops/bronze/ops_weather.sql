@@ -8,7 +8,7 @@ MODEL (
   grain (_batch_id, _record_no),
   audits (
     values_cast,
-    landed_rows_reach_bronze(source := raw.ops_weather),
+    landed_rows_reach_bronze(source := raw.ops_weather, contract := @raw_ops_weather_contract),
     not_null(columns := (_batch_id, _record_no, origin, time_hour, updated_at, _change_op)),
     unique_combination_of_columns(columns := (_batch_id, _record_no))
   )
@@ -19,7 +19,7 @@ SELECT
   @provenance_columns()
 FROM raw.ops_weather
 WHERE
-  @from_loaded_batch(_batch_id)
+  @kept_rows(@raw_ops_weather_contract)
   AND time_hour::TIMESTAMPTZ BETWEEN @start_tstz AND @end_tstz;
 
 @create_index(@this_model, time_hour);
