@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-shards clean setup
+.PHONY: demo test lint bench-ingest bench-shards bench-cdc clean setup
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ bench-ingest: $(STAMP)
 
 bench-shards: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_shards.py
+
+# CDC against a snapshot of the same table; UNTIL=2013-02-01 for a quick run.
+bench-cdc: $(STAMP)
+	$(BIN)/python benchmarks/bench_cdc.py $(if $(UNTIL),--until $(UNTIL))
 
 clean:
 	rm -rf $(VENV) .shardyard .pytest_cache

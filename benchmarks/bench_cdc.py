@@ -160,7 +160,7 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def report(results: dict[str, list[dict]], repeat: int) -> None:
-    width = 34 if repeat > 1 else 12
+    width = 27 if repeat > 1 else 12
     print(
         f"\n{'method':<12}{'rows':>11}  {'seconds':<{width}}{'rows/s':<{width}}"
         f"{'vs snapshot':>12}{'peak MB':>9}  note"
@@ -188,9 +188,9 @@ def report(results: dict[str, list[dict]], repeat: int) -> None:
 
 
 def stop_servers(servers: list) -> None:
-    """Stop each server and delete its data. A server that pg_ctl restarted (to turn on
-    logical WAL) is no longer the process pgserver started and would outlive its cleanup: it
-    is stopped with pg_ctl first."""
+    """Stop each server and delete its data. pgserver's handle knows the process it started;
+    a server that pg_ctl restarted since (to turn on logical WAL) is stopped with pg_ctl
+    first, so that its cleanup does not hang on a stale pid."""
     from pgserver._commands import pg_ctl
 
     for server in servers:
