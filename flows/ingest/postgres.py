@@ -16,7 +16,8 @@ or not at all.
   commits; after a crash in between, the same changes come again and are skipped, because
   their commit LSN is not past the recorded position (and their batch's content address is
   the same): exactly once in raw. The first read also lands the rows the table holds when the
-  slot is created, as inserts at the slot's start LSN.
+  slot is created, as inserts at the slot's start LSN, unless :func:`prepare_change_capture`
+  made the slot while the table was empty (then the log holds its whole history).
 """
 
 from __future__ import annotations
@@ -268,9 +269,29 @@ def prepare_change_capture(settings: Settings, spec: DatasetSpec) -> list[str]:
             source_database_url(settings, source.database), autocommit=True
         ) as src:
             pgoutput.ensure_publication(src, slot, [source.table])
-            pgoutput.ensure_slot(src, slot)
+            start = pgoutput.ensure_slot(src, slot)
+            empty = src.execute(
+                sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(_qualified(source))
+            ).fetchone()[0]
+        if empty:
+            _record_empty_start(settings, spec, table, start)
         slots.append(slot)
     return slots
+
+
+def _record_empty_start(settings: Settings, spec: DatasetSpec, table: str, start: int) -> None:
+    """The table was empty when its slot started: the log holds its whole history, so the
+    first read has no rows to land as initial inserts (unless a read already began)."""
+    with connect(settings) as conn:
+        ensure_meta_table(conn, SOURCE_READS)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (dataset, table_name, mode, batch_id, position, rows) "
+                "SELECT %s, %s, 'cdc', '', %s, 0 WHERE NOT EXISTS "
+                "(SELECT FROM {} WHERE dataset = %s AND table_name = %s AND mode = 'cdc')"
+            ).format(relation(SOURCE_READS), relation(SOURCE_READS)),
+            (spec.name, table, str(start), spec.name, table),
+        )
 
 
 def _require_whole_old_rows(read: _Read, src: psycopg.Connection) -> None:
