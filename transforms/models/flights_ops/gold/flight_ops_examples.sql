@@ -18,6 +18,8 @@ MODEL (
   )
 );
 
+/* Each window is a lateral query per example over silver.ops_flight_versions, so PostgreSQL
+   walks its indexes ((origin, dep_ts), (carrier, arr_ts), (origin, sched_dep_ts)). */
 WITH final AS (
   /* Flights whose last version says they arrived: the labels. */
   SELECT
@@ -39,52 +41,6 @@ WITH final AS (
   FROM final
   JOIN silver.ops_flight_versions AS k
     ON k.flight_id = final.flight_id AND @current_at(k, final.anchor_ts)
-), nearby AS (
-  /* Versions of the flights whose events can fall in a window of this range's anchors
-     (departures and arrivals lie within 2 days of the schedule: audit events_near_schedule). */
-  SELECT
-    v.*
-  FROM silver.ops_flight_versions AS v
-  WHERE
-    v.sched_dep_ts >= @start_tstz::TIMESTAMPTZ - INTERVAL '4 days'
-    AND v.sched_dep_ts <= @end_tstz::TIMESTAMPTZ + INTERVAL '1 day'
-), origin_windows AS (
-  SELECT
-    e.flight_id,
-    AVG(v.dep_delay) AS origin_dep_delay_3h
-  FROM examples AS e
-  JOIN nearby AS v
-    ON v.origin = e.origin
-    AND v.dep_ts >= e.anchor_ts - INTERVAL '3 hours'
-    AND v.dep_ts < e.anchor_ts
-    AND @current_at(v, e.anchor_ts)
-  GROUP BY
-    e.flight_id
-), carrier_windows AS (
-  SELECT
-    e.flight_id,
-    AVG(v.arr_delay) AS carrier_arr_delay_24h
-  FROM examples AS e
-  JOIN nearby AS v
-    ON v.carrier = e.carrier
-    AND v.arr_ts >= e.anchor_ts - INTERVAL '24 hours'
-    AND v.arr_ts < e.anchor_ts
-    AND @current_at(v, e.anchor_ts)
-  GROUP BY
-    e.flight_id
-), scheduled_hours AS (
-  /* Flights the schedule showed, at the anchor, leaving the origin in this flight's hour. */
-  SELECT
-    e.flight_id,
-    COUNT(*) AS departures
-  FROM examples AS e
-  JOIN nearby AS v
-    ON v.origin = e.origin
-    AND v.sched_dep_ts >= DATE_TRUNC('hour', e.sched_dep_ts)
-    AND v.sched_dep_ts < DATE_TRUNC('hour', e.sched_dep_ts) + INTERVAL '1 hour'
-    AND @current_at(v, e.anchor_ts)
-  GROUP BY
-    e.flight_id
 )
 SELECT
   e.flight_id::TEXT AS example_id,
@@ -114,12 +70,39 @@ SELECT
   (e.final_arr_delay >= 15)::BOOLEAN AS label_delayed,
   e.tailnum::TEXT AS tailnum
 FROM examples AS e
-JOIN scheduled_hours AS sh
-  ON sh.flight_id = e.flight_id
-LEFT JOIN origin_windows AS ow
-  ON ow.flight_id = e.flight_id
-LEFT JOIN carrier_windows AS cw
-  ON cw.flight_id = e.flight_id
+CROSS JOIN LATERAL (
+  /* Flights the schedule showed, at the anchor, leaving the origin in this flight's hour. */
+  SELECT
+    COUNT(*) AS departures
+  FROM silver.ops_flight_versions AS v
+  WHERE
+    v.origin = e.origin
+    AND v.sched_dep_ts >= DATE_TRUNC('hour', e.sched_dep_ts)
+    AND v.sched_dep_ts < DATE_TRUNC('hour', e.sched_dep_ts) + INTERVAL '1 hour'
+    AND @current_at(v, e.anchor_ts)
+) AS sh
+CROSS JOIN LATERAL (
+  /* Departures from the origin in [anchor - 3h, anchor), as known at the anchor. */
+  SELECT
+    AVG(v.dep_delay) AS origin_dep_delay_3h
+  FROM silver.ops_flight_versions AS v
+  WHERE
+    v.origin = e.origin
+    AND v.dep_ts >= e.anchor_ts - INTERVAL '3 hours'
+    AND v.dep_ts < e.anchor_ts
+    AND @current_at(v, e.anchor_ts)
+) AS ow
+CROSS JOIN LATERAL (
+  /* The carrier's arrivals in [anchor - 24h, anchor), as known at the anchor. */
+  SELECT
+    AVG(v.arr_delay) AS carrier_arr_delay_24h
+  FROM silver.ops_flight_versions AS v
+  WHERE
+    v.carrier = e.carrier
+    AND v.arr_ts >= e.anchor_ts - INTERVAL '24 hours'
+    AND v.arr_ts < e.anchor_ts
+    AND @current_at(v, e.anchor_ts)
+) AS cw
 LEFT JOIN silver.ops_planes AS p
   ON p.tailnum = e.tailnum
 LEFT JOIN silver.ops_airports AS a

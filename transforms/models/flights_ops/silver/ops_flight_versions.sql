@@ -99,6 +99,7 @@ WHERE
   sched_dep_utc BETWEEN @start_tstz AND @end_tstz;
 
 @create_index(@this_model, sched_dep_ts);
+@create_index(@this_model, origin, sched_dep_ts);
 @create_index(@this_model, origin, dep_ts);
 @create_index(@this_model, carrier, arr_ts);
 @create_index(@this_model, flight_id);
