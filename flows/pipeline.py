@@ -242,3 +242,15 @@ def pipeline(
 
 
 STAGE_FLOWS = {"ingest": ingest, "transform": transform, "shard": shard}
+
+
+@flow(name="retention", log_prints=True)
+def retention(dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
+    """Expire the dataset's batches past their retention, then transform and publish without
+    them (each stage as the pipeline runs it: its own deployment with a work pool)."""
+    from flows.governance import expire_batches
+
+    expired = expire_batches(load_settings(), dataset)
+    get_run_logger().info("%d batch(es) of %s past their retention", len(expired), dataset)
+    runs = pipeline(dataset, stages_to_run=["transform", "shard"]) if expired else {}
+    return {"expired": expired, "runs": runs}
