@@ -120,6 +120,30 @@ def local_hhmm_to_utc(
 
 
 @macro()
+def local_hhmm_after(
+    evaluator: MacroEvaluator,
+    local_date: exp.Expression,
+    hhmm: exp.Expression,
+    time_zone: exp.Expression,
+    after: exp.Expression,
+) -> exp.Expression:
+    """An HHMM clock time in a time zone on a local date, as UTC, moved to the next day when it
+    would fall before ``after`` (a scheduled arrival's local time before its departure belongs
+    to the next day): ``@local_hhmm_after(flight_date, sched_arr_time, dest_tz, sched_dep_ts)``."""
+    same_day = local_hhmm_to_utc(evaluator, local_date, hhmm, time_zone)
+    next_day = local_hhmm_to_utc(
+        evaluator,
+        exp.Add(this=local_date.copy(), expression=exp.Literal.number(1)),
+        hhmm,
+        time_zone,
+    )
+    return exp.Case(
+        ifs=[exp.If(this=exp.LT(this=same_day.copy(), expression=after.copy()), true=next_day)],
+        default=same_day,
+    )
+
+
+@macro()
 def unfiltered(evaluator: MacroEvaluator, model: exp.Expression) -> exp.Expression:
     """The whole table behind ``@this_model`` in an audit.
 

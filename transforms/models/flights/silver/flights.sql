@@ -34,25 +34,16 @@ WITH versions AS (
   FROM bronze.flights AS b
   WHERE
     b.sched_dep_ts BETWEEN @start_tstz AND @end_tstz
-), latest AS (
+), timed AS (
   SELECT
     v.*,
     a.tzone AS dest_tzone,
-    @local_hhmm_to_utc(v.flight_date, v.sched_arr_time, a.tzone) AS sched_arr_same_day
+    @local_hhmm_after(v.flight_date, v.sched_arr_time, a.tzone, v.sched_dep_ts) AS sched_arr_ts
   FROM versions AS v
   LEFT JOIN silver.airports AS a
     ON a.faa = v.dest
   WHERE
     v.version_rank = 1
-), timed AS (
-  SELECT
-    latest.*,
-    CASE
-      WHEN sched_arr_same_day < sched_dep_ts
-      THEN @local_hhmm_to_utc(flight_date + 1, sched_arr_time, dest_tzone)
-      ELSE sched_arr_same_day
-    END AS sched_arr_ts
-  FROM latest
 )
 SELECT
   (

@@ -66,11 +66,7 @@ WITH changes AS (
 ), timed AS (
   SELECT
     p.*,
-    CASE
-      WHEN @local_hhmm_to_utc(p.flight_date, p.sched_arr_time, p.dest_tzone) < p.sched_dep_utc
-      THEN @local_hhmm_to_utc(p.flight_date + 1, p.sched_arr_time, p.dest_tzone)
-      ELSE @local_hhmm_to_utc(p.flight_date, p.sched_arr_time, p.dest_tzone)
-    END AS sched_arr_utc
+    @local_hhmm_after(p.flight_date, p.sched_arr_time, p.dest_tzone, p.sched_dep_utc) AS sched_arr_utc
   FROM placed AS p
 )
 SELECT
