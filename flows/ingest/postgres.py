@@ -17,19 +17,25 @@ or not at all.
   their commit LSN is not past the recorded position (and their batch's content address is
   the same): exactly once in raw. The first read also lands the rows the table holds when the
   slot is created, as inserts at the slot's start LSN, unless :func:`prepare_change_capture`
-  made the slot while the table was empty (then the log holds its whole history).
+  made the slot while the table was empty (then the log holds its whole history). The
+  changes are decoded straight into drops in COPY text (:class:`pgoutput.CopyTextEncoder`),
+  which land one after the other in a thread of their own while the next are read; the slot
+  is confirmed once every batch of a page has landed.
 """
 
 from __future__ import annotations
 
-import json
+import contextvars
 import logging
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -45,7 +51,9 @@ from flows.specs import CHANGE_COLUMNS, DatasetSpec, PostgresSource, TableSpec
 log = logging.getLogger(__name__)
 
 OPS_VARIABLE = "SHARDYARD_OPS_DATABASE_URL"
-CDC_PAGE = 50_000  # changes per landed batch (whole transactions)
+CDC_PAGE = 1_000_000  # messages (~changes) per peek of the slot, in whole transactions
+CDC_BATCH = 100_000  # changes per landed batch (whole transactions, so a few more)
+WRITE_BUFFER = 1 << 20  # bytes: a change drop is written in blocks of this size
 
 
 @dataclass(frozen=True)
@@ -317,20 +325,26 @@ def _read_changes(read: _Read, src: psycopg.Connection) -> SourceRead:
     start = pgoutput.ensure_slot(src, slot)
     position = read.position()
     batches: list[BatchResult] = []
+    encoder = pgoutput.CopyTextEncoder(read.source_columns)
     with _scratch() as folder:
         if position is None:
             batches.append(_land_initial_rows(read, src, folder, start))
             position = str(start)
-        while True:
-            changes = list(pgoutput.peek_changes(src, slot, slot, max_changes=CDC_PAGE))
-            if not changes:
-                break
-            last = changes[-1].commit_lsn
-            fresh = [c for c in changes if c.commit_lsn > int(position)]
-            if fresh:
-                batches.append(_land_changes(read, folder, fresh, last))
-            pgoutput.confirm(src, slot, last)
-            position = str(last)
+        with _Lander(read) as lander:
+            while True:
+                # A page of whole transactions, written into drops that land in the
+                # background, in order, while the page is read on; the changes committed at
+                # or before the recorded position landed before (a crash before the slot was
+                # confirmed) and are left out.
+                last = None
+                for drop in _write_changes(read, src, slot, encoder, folder, int(position)):
+                    lander.land(drop)
+                    last = drop.last
+                if last is None:
+                    break
+                batches += lander.landed()  # every drop of the page has committed
+                pgoutput.confirm(src, slot, last)
+                position = str(last)
     lag = {"slot_lag_bytes": pgoutput.slot_lag_bytes(src, slot)}
     return SourceRead(read.table, "cdc", batches, position, lag)
 
@@ -348,20 +362,117 @@ def _land_initial_rows(
     return read.land(path, read.uri(f"mode=cdc&initial_lsn={start}"), str(start), 0)
 
 
-def _land_changes(
-    read: _Read, folder: Path, changes: list[pgoutput.Change], last: int
-) -> BatchResult:
-    """One batch of change rows (JSONL: values in PostgreSQL's text form, NULL as null)."""
-    path = folder / f"{read.table}-{last}.jsonl"
-    columns = read.source_columns
-    with path.open("w") as out:
-        for change in changes:
-            row: dict[str, object] = {c: change.values.get(c) for c in columns}
-            row.update(
-                _change_op=change.op,
-                _change_lsn=str(change.commit_lsn),
-                _change_seq=str(change.seq),
-                _commit_time=change.commit_time.isoformat(),
-            )
-            out.write(json.dumps(row, separators=(",", ":")) + "\n")
-    return read.land(path, read.uri(f"mode=cdc&through_lsn={last}"), str(last), len(changes))
+# The change columns, in the order pgoutput.CopyTextEncoder writes their fields.
+_CHANGE_FIELDS = {
+    "op": "_change_op",
+    "commit_lsn": "_change_lsn",
+    "commit_time": "_commit_time",
+    "seq": "_change_seq",
+}
+
+
+@dataclass(frozen=True)
+class _Drop:
+    path: Path
+    rows: int  # changes committed after the recorded position: the rows to land
+    last: int  # commit LSN of its last change: the position after it
+
+
+def _write_changes(
+    read: _Read,
+    src: psycopg.Connection,
+    slot: str,
+    encoder: pgoutput.CopyTextEncoder,
+    folder: Path,
+    after: int,
+) -> Iterator[_Drop]:
+    """Peek a page of changes (up to ``CDC_PAGE`` messages, whole transactions) into drops
+    of about ``CDC_BATCH`` changes each, whole transactions: COPY text, values in PostgreSQL's
+    text form exactly as pgoutput sent them, after a header line of column names. Changes
+    committed at or before ``after`` are left out; nothing is yielded when no change waits."""
+    header = [*read.source_columns, *(_CHANGE_FIELDS[f] for f in pgoutput.COPY_CHANGE_FIELDS)]
+    header_line = b"\t".join(pgoutput.copy_text(c.encode()) for c in header) + b"\n"
+    out: BinaryIO | None = None
+    path, rows, last = folder, 0, after
+    try:
+        for text in pgoutput.peek_copy_text(
+            src, slot, slot, encoder, max_changes=CDC_PAGE, after_lsn=after
+        ):
+            if text.last_lsn is None:
+                continue
+            if out is None:
+                path, rows = folder / f"{read.table}-{text.last_lsn}.pgcopy", 0
+                out = path.open("wb", buffering=WRITE_BUFFER)
+                out.write(header_line)
+            out.write(text.lines)
+            rows, last = rows + text.changes, text.last_lsn
+            if rows >= CDC_BATCH:
+                out.close()
+                out = None
+                yield _Drop(path, rows, last)
+        if out is not None:
+            out.close()
+            out = None
+            yield _Drop(path, rows, last)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _land_changes(read: _Read, drop: _Drop) -> BatchResult:
+    """One batch of change rows, recording the position it reaches."""
+    uri = read.uri(f"mode=cdc&through_lsn={drop.last}")
+    return read.land(drop.path, uri, str(drop.last), drop.rows)
+
+
+class _Lander:
+    """Lands change drops one after the other, in the order given, in a thread of its own,
+    while the next are read: the landing waits on the database, the reading on this process.
+    Once a drop fails to land, no later one lands (the positions must not pass a gap); the
+    error is raised to the reader at its next call."""
+
+    def __init__(self, read: _Read) -> None:
+        self.read = read
+        self.queue: queue.Queue[_Drop | None] = queue.Queue(maxsize=1)
+        self.results: list[BatchResult] = []
+        self.error: BaseException | None = None
+        context = contextvars.copy_context()  # a flow run's context, for its logger
+        self.thread = threading.Thread(target=context.run, args=(self._work,), daemon=True)
+
+    def __enter__(self) -> _Lander:
+        self.thread.start()
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if error is None and self.error is not None:
+            raise self.error
+
+    def land(self, drop: _Drop) -> None:
+        """Queue ``drop`` (waits while the one before is still queued)."""
+        self._raise()
+        self.queue.put(drop)
+
+    def landed(self) -> list[BatchResult]:
+        """Wait until every queued drop has landed; the batches landed since last asked."""
+        self.queue.join()
+        self._raise()
+        results, self.results = self.results, []
+        return results
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _work(self) -> None:
+        while (drop := self.queue.get()) is not None:
+            try:
+                if self.error is None and drop.rows:
+                    self.results.append(_land_changes(self.read, drop))
+            except BaseException as error:  # handed to the reader
+                self.error = error
+            finally:
+                drop.path.unlink(missing_ok=True)
+                self.queue.task_done()
+        self.queue.task_done()

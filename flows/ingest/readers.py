@@ -1,9 +1,11 @@
 """Turn a file drop into a stream PostgreSQL's COPY understands, checking its shape first.
 
 CSV files stream through unchanged (only the header line is taken off and checked), so a
-CSV lands at COPY speed. JSONL and Parquet are converted batch by batch: JSONL into COPY's
-text format (numbers keep their exact literal text), Parquet into CSV via Arrow. Memory is
-bounded by the block or batch size, never by the file size.
+CSV lands at COPY speed; so do the change drops of a cdc read, written in COPY's own text
+format after a header line (the internal format ``pgcopy``). JSONL and Parquet are converted
+batch by batch: JSONL into COPY's text format (numbers keep their exact literal text),
+Parquet into CSV via Arrow. Memory is bounded by the block or batch size, never by the file
+size.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flows.ingest.sources import BLOCK_SIZE, SourceFile, infer_format
+from flows.ingest.sources import BLOCK_SIZE, PGCOPY, SourceFile, infer_format
 from flows.specs import TableSpec
 
 JSONL_BATCH_LINES = 20_000
@@ -88,6 +91,8 @@ def open_copy_stream(source: SourceFile, table: TableSpec) -> CopyStream:
         return _csv_stream(source, table)
     if file_format == "jsonl":
         return _jsonl_stream(source, table)
+    if file_format == PGCOPY:
+        return _pgcopy_stream(source, table)
     return _parquet_stream(source, table)
 
 
@@ -111,6 +116,37 @@ def _csv_stream(source: SourceFile, table: TableSpec) -> CopyStream:
                 yield block
 
     return CopyStream(columns, "csv", blocks(), first_data_line=2)
+
+
+_COPY_ESCAPE = re.compile(r"\\(.)")
+_COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def _pgcopy_stream(source: SourceFile, table: TableSpec) -> CopyStream:
+    """An internal drop (a cdc read's changes): COPY text format after a header line of
+    column names, in the same format. The data streams through unchanged."""
+    data = source.open_data()
+    first = data.readline()
+    if not first.endswith(b"\n") or not first.strip():
+        data.close()
+        raise FileRejected(source.uri, "empty file: no header line", line=1, rule="empty")
+    try:
+        header = first[:-1].decode("utf-8")
+    except UnicodeDecodeError as error:
+        data.close()
+        raise FileRejected(source.uri, f"undecodable bytes: {error.reason}", line=1) from None
+    columns = [
+        _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m[1], m[1]), name)
+        for name in header.split("\t")
+    ]
+    check_columns(source.uri, columns, table)
+
+    def blocks() -> Iterator[bytes]:
+        with data:
+            while block := data.read(BLOCK_SIZE):
+                yield block
+
+    return CopyStream(columns, "text", blocks(), first_data_line=2)
 
 
 class _Number(str):

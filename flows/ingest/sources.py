@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from flows.settings import Settings
 from flows.specs import FileFormat
@@ -38,6 +38,11 @@ FORMAT_SUFFIXES: dict[str, FileFormat] = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
+
+# An internal format, not one a spec names: the change drops of a cdc read
+# (flows.ingest.postgres) are PostgreSQL COPY text with a header line of column names.
+PGCOPY = cast(FileFormat, "pgcopy")
+INTERNAL_SUFFIXES: dict[str, FileFormat] = {".pgcopy": PGCOPY}
 
 
 class SourceError(ValueError):
@@ -67,7 +72,7 @@ def infer_format(name: str) -> FileFormat:
     stem = name.lower()
     for compressed in (".gz", ".zip"):
         stem = stem.removesuffix(compressed)
-    for suffix, file_format in FORMAT_SUFFIXES.items():
+    for suffix, file_format in (FORMAT_SUFFIXES | INTERNAL_SUFFIXES).items():
         if stem.endswith(suffix):
             return file_format
     known = ", ".join(FORMAT_SUFFIXES)

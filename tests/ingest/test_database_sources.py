@@ -3,6 +3,7 @@ by a watermark with a lookback, and by CDC: what lands in raw, exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from flows.ingest import pgoutput, postgres
+from flows.ingest.files import ContractViolation, ingest_file
 from flows.ingest.postgres import read_source
 from flows.settings import Settings
-from flows.specs import DatasetSpec
+from flows.specs import CHANGE_COLUMNS, DatasetSpec
 
 SOURCE_VARIABLE = "TEST_SHOP_DATABASE_URL"
 
@@ -190,3 +193,92 @@ def test_a_crash_between_landing_and_confirming_loses_and_repeats_no_change(
         ("insert", "4", "3"),
         ("update", "4", "5"),
     ]
+
+
+def test_cdc_lands_the_raw_rows_the_former_jsonl_drops_landed(
+    settings: Settings, source: str, tmp_path: Path
+) -> None:
+    """The change drops are COPY text; the values land exactly as the JSONL drops (one
+    json.dumps per change) that cdc reads wrote before."""
+    spec = shop_spec("cdc")
+    read_source(settings, spec, "orders")
+    with psycopg.connect(source, autocommit=True) as conn:  # the same changes, the old way
+        pgoutput.ensure_publication(conn, "former", ["shop.orders"])
+        pgoutput.ensure_slot(conn, "former")
+    tricky = ["tab\there", "new\nline", "back\\slash", "cr\rlf\r\n", "ünï", "", "\\N", "\\."]
+    with psycopg.connect(source) as conn:
+        for i, text in enumerate(tricky, start=10):
+            conn.execute(
+                "INSERT INTO shop.orders VALUES (%s, %s, %s, '2024-01-02 09:00:00.5Z')",
+                (i, text, None if i % 3 else f"{i}.50"),
+            )
+        conn.commit()
+    execute(
+        source,
+        "UPDATE shop.orders SET customer = customer || E'\\t!', amount = 0 WHERE order_id < 13",
+        "UPDATE shop.orders SET order_id = 30 WHERE order_id = 3",  # a delete and an insert
+        "DELETE FROM shop.orders WHERE order_id IN (1, 14)",
+    )
+
+    read = read_source(settings, spec, "orders")
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        changes = list(pgoutput.peek_changes(conn, "former", "former"))
+        conn.execute("SELECT pg_drop_replication_slot('former')")
+    columns = [c for c in spec.table("orders").columns if c not in CHANGE_COLUMNS]
+    drop = tmp_path / "former.jsonl"
+    with drop.open("w") as out:
+        for change in changes:
+            row: dict[str, object] = {c: change.values.get(c) for c in columns}
+            row.update(
+                _change_op=change.op,
+                _change_lsn=str(change.commit_lsn),
+                _change_seq=str(change.seq),
+                _commit_time=change.commit_time.isoformat(),
+            )
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+    former = ingest_file(settings, "shop", "orders", str(drop), spec=spec)
+
+    (batch,) = read.batches
+    assert batch.rows == former.rows == len(changes) == 18
+    every = ", ".join(spec.table("orders").columns)
+    with psycopg.connect(settings.database_url) as conn:
+        landed = [
+            conn.execute(
+                f"SELECT {every} FROM raw.orders WHERE _batch_id = %s ORDER BY _record_no",
+                (batch_id,),
+            ).fetchall()
+            for batch_id in (batch.batch_id, former.batch_id)
+        ]
+    assert landed[0] == landed[1]
+    assert [row[1] for row in landed[0][:8]] == tricky
+
+
+def test_a_rejected_cdc_batch_stops_the_read_before_any_later_change_lands(
+    settings: Settings, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "CDC_BATCH", 1)  # a batch per transaction:
+    monkeypatch.setattr(pgoutput, "FETCH_ROWS", 1)  # each decoded on its own
+    monkeypatch.setattr(pgoutput, "CHUNK_MESSAGES", 1)
+    spec = shop_spec("cdc")
+    read_source(settings, spec, "orders")
+    execute(
+        source,
+        "INSERT INTO shop.orders VALUES (4, 'di', 3, '2024-01-02 09:00Z')",
+        "INSERT INTO shop.orders VALUES (5, 'ed', -1, '2024-01-02 09:00Z')",  # amount: min 0
+        "INSERT INTO shop.orders VALUES (6, 'fy', 2, '2024-01-02 09:00Z')",
+    )
+
+    with pytest.raises(ContractViolation):
+        read_source(settings, spec, "orders")
+
+    assert raw_rows(settings, "order_id", IN_COMMIT_ORDER)[3:] == [("4",)]
+    with psycopg.connect(settings.database_url) as conn:
+        (position,) = conn.execute(
+            "SELECT position FROM meta.source_reads ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    slot = postgres.slot_name(spec, "orders")
+    with psycopg.connect(source, autocommit=True) as conn:
+        waiting = list(pgoutput.peek_changes(conn, slot, slot))
+    assert [c.values["order_id"] for c in waiting] == ["4", "5", "6"]  # never confirmed
+    assert position == str(waiting[0].commit_lsn)

@@ -13,6 +13,9 @@ import pytest
 
 from flows.ingest.pgoutput import (
     Change,
+    CopyText,
+    CopyTextEncoder,
+    EncodeError,
     PgOutputDecoder,
     PgOutputError,
     confirm,
@@ -21,6 +24,7 @@ from flows.ingest.pgoutput import (
     lsn_text,
     parse_lsn,
     peek_changes,
+    peek_copy_text,
     slot_lag_bytes,
 )
 
@@ -398,3 +402,246 @@ def test_lsns_read_and_print_as_postgresql_does() -> None:
     assert lsn_text(parse_lsn("FFFFFFFF/FFFFFFFF")) == "FFFFFFFF/FFFFFFFF"
     with pytest.raises(ValueError):
         parse_lsn("16-B374D848")
+
+
+# --- COPY text: the encoder against the decoder ---------------------------------------------
+
+
+def copy_lines(changes: list[Change], columns: list[str]) -> bytes:
+    """The COPY text lines of decoded changes: each column's value (NULL where the change has
+    none), then op, commit LSN, commit time and seq; escaped as COPY text needs."""
+
+    def field(value: str | None) -> str:
+        if value is None:
+            return "\\N"
+        for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+            value = value.replace(char, escaped)
+        return value
+
+    lines = [
+        "\t".join(
+            [field(change.values.get(column)) for column in columns]
+            + [change.op, str(change.commit_lsn), change.commit_time.isoformat(), str(change.seq)]
+        )
+        + "\n"
+        for change in changes
+    ]
+    return "".join(lines).encode()
+
+
+def decoded(messages: list[bytes]) -> list[Change]:
+    decoder = PgOutputDecoder()
+    return [change for message in messages for change in decoder.feed(message)]
+
+
+def encoded(encoder: CopyTextEncoder, runs: list[list[bytes]], after_lsn: int = -1) -> CopyText:
+    texts = [text for run in runs for text in encoder.encode(run, after_lsn)]
+    last = [text.last_lsn for text in texts if text.last_lsn is not None]
+    return CopyText(
+        b"".join(t.lines for t in texts), sum(t.changes for t in texts), last[-1] if last else None
+    )
+
+
+TOASTED = object()  # an unchanged TOASTed value in a hand-built tuple
+
+
+def tuple_of(*columns: object) -> bytes:
+    out = struct.pack(">h", len(columns))
+    for value in columns:
+        if value is None:
+            out += b"n"
+        elif value is TOASTED:
+            out += b"u"
+        else:
+            text = str(value).encode()
+            out += b"t" + struct.pack(">i", len(text)) + text
+    return out
+
+
+def relation_message(oid: int, name: str, columns: list[tuple[str, bool]]) -> bytes:
+    out = b"R" + struct.pack(">I", oid) + b"shop\0" + name.encode() + b"\0d"
+    out += struct.pack(">h", len(columns))
+    for column, key in columns:
+        out += bytes([key]) + column.encode() + b"\0" + struct.pack(">Ii", 25, -1)
+    return out
+
+
+def transaction(xid: int, lsn: int, *changes: bytes) -> list[bytes]:
+    micros = 768_000_000_000_000 + lsn * 1_000_001  # some with, some without a fraction
+    begin = b"B" + struct.pack(">QqI", lsn, micros, xid)
+    commit = b"C" + struct.pack(">BQQq", 0, lsn, lsn + 48, micros)
+    return [begin, *changes, commit]
+
+
+def insert(oid: int, *values: object) -> bytes:
+    return b"I" + struct.pack(">I", oid) + b"N" + tuple_of(*values)
+
+
+def update(oid: int, new: tuple, old: tuple | None = None, tag: bytes = b"O") -> bytes:
+    before = b"" if old is None else tag + tuple_of(*old)
+    return b"U" + struct.pack(">I", oid) + before + b"N" + tuple_of(*new)
+
+
+def delete(oid: int, old: tuple, tag: bytes = b"K") -> bytes:
+    return b"D" + struct.pack(">I", oid) + tag + tuple_of(*old)
+
+
+ITEMS = [("id", True), ("label", False), ("qty", False)]
+COLUMNS = ["qty", "id", "note", "label"]  # another order, and a column the relation lacks
+
+
+def test_the_encoder_writes_the_lines_of_what_the_decoder_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tricky = ["tab\there", "new\nline", "back\\slash", "cr\rlf\r\n", "ünï\\N", "", "\\.", "\\"]
+    messages = [
+        relation_message(16385, "items", ITEMS),
+        *transaction(
+            700,
+            0x1000,
+            *(insert(16385, i, text, i * 10) for i, text in enumerate(tricky)),
+            insert(16385, 99, None, None),
+        ),
+        *transaction(
+            701,
+            0x2000,
+            update(16385, (1, "tab\there", "11")),
+            update(16385, (2, "two", "22"), old=(2, "new\nline", "20")),
+            delete(16385, (3, None, None)),
+            delete(16385, (4, "cr\rlf\r\n", "40"), tag=b"O"),
+        ),
+        b"Y" + struct.pack(">I", 90001) + b"shop\0mood\0",
+        b"O" + struct.pack(">Q", 0x10) + b"elsewhere\0",
+        # a Relation inside a transaction: the table gained a column; another table joins
+        *transaction(
+            702,
+            0x3000,
+            insert(16385, 5, "five", 50),
+            relation_message(16385, "items", [*ITEMS, ("note", False)]),
+            relation_message(16386, "notes", [("note", True), ("id", False)]),
+            insert(16385, 6, "six", 60, "a\tnote"),
+            insert(16386, "only a note", 6),
+            update(16385, (6, "six", 61, None), old=(6, "six", 60, "a\tnote")),
+        ),
+    ]
+    expected = copy_lines(decoded(messages), COLUMNS)
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("regular messages go through the vectorised decoding")
+
+    monkeypatch.setattr(CopyTextEncoder, "_one_by_one", refuse)
+    whole = encoded(CopyTextEncoder(COLUMNS), [messages])
+    assert whole.lines == expected
+    assert (whole.changes, whole.last_lsn) == (17, 0x3000)
+
+    commits = [i + 1 for i, message in enumerate(messages) if message[:1] == b"C"]
+    runs = [messages[a:b] for a, b in zip([0, *commits[:-1]], commits, strict=True)]
+    assert encoded(CopyTextEncoder(COLUMNS), runs).lines == expected
+    later = encoded(CopyTextEncoder(COLUMNS), [messages], after_lsn=0x1000)
+    assert later.lines == copy_lines(decoded(messages)[9:], COLUMNS)
+    assert (later.changes, later.last_lsn) == (8, 0x3000)
+    nothing = encoded(CopyTextEncoder(COLUMNS), [messages], after_lsn=0x3000)
+    assert (nothing.lines, nothing.changes, nothing.last_lsn) == (b"", 0, 0x3000)
+
+
+def test_the_encoder_leaves_key_changes_toasted_values_and_errors_to_the_decoder() -> None:
+    relation = relation_message(16385, "items", ITEMS)
+    key_change = transaction(
+        710,
+        0x1000,
+        insert(16385, 1, "a", 1),
+        update(16385, (10, "a", 1), old=(1, None, None), tag=b"K"),  # delete + insert
+        update(16385, (10, "a", 2), old=(10, None, None), tag=b"K"),  # the same key: update
+        insert(16385, 2, "b", 2),
+    )
+    toasted = transaction(
+        711, 0x2000, update(16385, (10, TOASTED, 3), old=(10, "x" * 3000, 2), tag=b"O")
+    )
+    # the table gains a column: the changes before keep the layout they were sent in
+    wider = relation_message(16385, "items", [*ITEMS, ("note", False)])
+    later = transaction(
+        712, 0x3000, update(16385, (11, "a", 3, "n"), old=(10, None, None, None), tag=b"K")
+    )
+    messages = [relation, *key_change, *toasted, wider, *later]
+
+    text = encoded(CopyTextEncoder(COLUMNS), [[relation, *key_change], [*toasted, wider, *later]])
+
+    assert text.lines == copy_lines(decoded(messages), COLUMNS)
+    assert [line.split(b"\t")[-4] for line in text.lines.splitlines()] == [
+        b"insert",
+        b"delete",
+        b"insert",
+        b"update",
+        b"insert",
+        b"update",
+        b"delete",
+        b"insert",
+    ]
+    assert b"x" * 3000 in text.lines.splitlines()[5]
+
+    refused = transaction(713, 0x4000, update(16385, (10, TOASTED, 4)))
+    encoder = CopyTextEncoder(COLUMNS)
+    texts = []
+    with pytest.raises(EncodeError, match=r"shop\.items\.label: .*TOASTed value unchanged") as e:
+        for text in encoder.encode([relation, *key_change, *refused]):
+            texts.append(text)
+    assert e.value.index == 8  # the message, within the run
+    assert [t.lines for t in texts] == [copy_lines(decoded([relation, *key_change]), COLUMNS)]
+
+    truncated = insert(16385, 1, "a", 1)[:-1]
+    with pytest.raises(EncodeError, match="truncated"):
+        list(CopyTextEncoder(COLUMNS).encode([relation, *transaction(714, 0x5000, truncated)]))
+
+
+@pytest.mark.parametrize("chunk", [3, 10_000])
+def test_peek_copy_text_reads_what_peek_changes_reads(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr("flows.ingest.pgoutput.CHUNK_MESSAGES", chunk)
+    monkeypatch.setattr("flows.ingest.pgoutput.FETCH_ROWS", 2)
+    conn.execute(
+        "CREATE TABLE kinds (id int PRIMARY KEY, n numeric, t timestamptz, b bool,"
+        " j jsonb, raw bytea, s text)"
+    )
+    conn.execute("ALTER TABLE kinds REPLICA IDENTITY FULL")
+    ensure_publication(conn, PUBLICATION, ["kinds"])
+    slot = ensure_slot_named(conn)
+    run(
+        conn,
+        "INSERT INTO kinds VALUES (1, 12.50, '2024-05-01 12:00:00.25+02', true,"
+        """ '{"a": "tab\\there"}', '\\x00ff5c', E'tab\\there\\nnew line \\\\ back\\rslash'),"""
+        " (2, NULL, NULL, NULL, NULL, NULL, ''), (3, -1e-20, 'infinity', false, 'null',"
+        " '', 'ünïcode')",
+    )
+    run(
+        conn,
+        "INSERT INTO kinds SELECT i, i, now(), true, '[]', '', 's' FROM generate_series(4, 30) i",
+    )
+    run(conn, "UPDATE kinds SET s = s || E'\\t!' WHERE id <= 3", "DELETE FROM kinds WHERE id = 2")
+    run(conn, "UPDATE kinds SET id = 40 WHERE id = 4")
+    columns = ["s", "id", "raw", "j", "b", "t", "n", "missing"]
+
+    texts = list(peek_copy_text(conn, slot, PUBLICATION, CopyTextEncoder(columns)))
+    changes = peek(conn, slot)
+
+    assert b"".join(t.lines for t in texts) == copy_lines(changes, columns)
+    assert sum(t.changes for t in texts) == len(changes) == 35
+    assert texts[-1].last_lsn == changes[-1].commit_lsn
+    after = changes[29].commit_lsn
+    later = list(peek_copy_text(conn, slot, PUBLICATION, CopyTextEncoder(columns), after_lsn=after))
+    assert b"".join(t.lines for t in later) == copy_lines(changes[30:], columns)
+
+
+def test_peek_copy_text_refuses_a_truncate_after_the_lines_before_it(
+    conn: psycopg.Connection, slot: str
+) -> None:
+    run(conn, "INSERT INTO orders VALUES (1, 'a', 1)")
+    run(conn, "TRUNCATE orders")
+
+    texts = []
+    refused = r"slot '.*' at [0-9A-F]+/[0-9A-F]+: TRUNCATE of public\.orders"
+    with pytest.raises(PgOutputError, match=refused):
+        for text in peek_copy_text(conn, slot, PUBLICATION, CopyTextEncoder(["id", "item"])):
+            texts.append(text)
+
+    assert [t.lines.split(b"\t")[:3] for t in texts] == [[b"1", b"a", b"insert"]]
