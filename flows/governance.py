@@ -122,7 +122,7 @@ def holds(storage: Storage, dataset: str, version: str, column: str, value: str)
     field = column if column in meta_keys else "example_id"
     for split in manifest["splits"].values():
         for entry in split["webdataset"]["files"]:
-            stream = storage.open(f"datasets/{dataset}/{version}/{entry['path']}")
+            stream = storage.open(f"datasets/{dataset}/{entry['path']}")
             for sample in iter_tar_samples(stream):
                 if str(json.loads(sample["json"]).get(field)) == value:
                     stream.close()

@@ -127,6 +127,14 @@ class LitDataOptions(BaseModel):
     chunk_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
 
+class BlockOptions(BaseModel):
+    """The block layout: each WebDataset sample / LitData item holds ``rows`` examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(default=4096, gt=0, description="Examples per block (the last may be short)")
+
+
 class PublishSpec(BaseModel):
     """How one gold relation is published as a versioned training dataset."""
 
@@ -149,6 +157,17 @@ class PublishSpec(BaseModel):
     train_split: str = Field(default="train", description="Split the statistics come from")
     webdataset: WebDatasetOptions = Field(default_factory=WebDatasetOptions)
     litdata: LitDataOptions = Field(default_factory=LitDataOptions)
+    layout: Literal["example", "block"] = Field(
+        default="example",
+        description="example: one sample per example (large samples: images, audio); "
+        "block: one sample per block of examples (tabular data)",
+    )
+    block: BlockOptions = Field(default_factory=BlockOptions)
+    shard_period: Literal["day", "week", "month"] = Field(
+        default="week",
+        description="Shards are cut per split and anchor period (UTC), so new data rewrites "
+        "only the objects of the periods it falls in",
+    )
     batch_size: int = Field(default=65_536, gt=0, description="Rows per batch read from gold")
     max_vocab: int = Field(default=10_000, gt=0, description="Largest category vocabulary")
 

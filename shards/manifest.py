@@ -1,7 +1,18 @@
-"""The manifest of a published version, its version id and the code version.
+"""Where a dataset's files live, its manifest, its version id and the code version.
 
-``manifest.json`` lists, for every split, the sample count and every shard/chunk file (path
-relative to the version folder, size, sha256, samples), plus the split definition, feature
+Under ``datasets/<name>/``:
+
+- ``objects/<sha256>.tar`` and ``objects/<sha256>.bin``: WebDataset shards and LitData chunks,
+  named by their content and shared by every version that uses them; never overwritten.
+- ``groups/<key>.json``: which objects hold a shard group (:mod:`shards.groups`), written after
+  its objects, so a later version with the same group reuses them without encoding anything.
+- ``<version>/plan.json`` (pass 1's result, for the part writers), ``<version>/litdata/<split>/
+  index.json`` (the split's LitData index over shared chunks) and ``<version>/manifest.json``,
+  written last: the version is published once it exists.
+- ``LATEST``: the newest published version id.
+
+``manifest.json`` lists, for every split, the sample count and every file it uses (path
+relative to ``datasets/<name>/``, size, sha256, samples), plus the split definition, feature
 schema, label, train-only statistics and lineage. It is serialized canonically (sorted keys,
 no wall-clock time), so the same inputs give the same bytes.
 """
@@ -15,7 +26,8 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "LATEST"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+PLAN_NAME = "plan.json"
 
 # The modules whose code decides the bytes of a published version.
 _CODE_FILES = (
@@ -28,16 +40,35 @@ _CODE_FILES = (
     "litdata_writer.py",
     "manifest.py",
     "publisher.py",
+    "groups.py",
+    "planning.py",
+    "parts.py",
+    "commit.py",
+    "blocks.py",
 )
+
+# The modules that decide the bytes of one shard group's files.
+_ENCODER_FILES = ("encoding.py", "statistics.py", "tar_writer.py", "litdata_writer.py", "blocks.py")
+
+
+def _source_digest(names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in names:
+        path = here / name
+        if path.exists():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def code_version() -> str:
     """``shards-<sha256 prefix>`` over the source of the modules that shape the output."""
-    digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in _CODE_FILES:
-        digest.update(name.encode() + b"\0" + (here / name).read_bytes() + b"\0")
-    return f"shards-{digest.hexdigest()[:12]}"
+    return f"shards-{_source_digest(_CODE_FILES)}"
+
+
+def encoder_version() -> str:
+    """A digest of the modules that turn a group's rows into file bytes."""
+    return f"encoder-{_source_digest(_ENCODER_FILES)}"
 
 
 def version_id(
@@ -82,6 +113,33 @@ def latest_key(name: str) -> str:
 
 def manifest_key(name: str, version: str) -> str:
     return f"{version_prefix(name, version)}/{MANIFEST_NAME}"
+
+
+def dataset_prefix(name: str) -> str:
+    return f"datasets/{name}"
+
+
+def object_key(name: str, sha256: str, suffix: str) -> str:
+    """A content-addressed shard or chunk: ``datasets/<name>/objects/<sha256><suffix>``."""
+    return f"{dataset_prefix(name)}/{object_path(sha256, suffix)}"
+
+
+def object_path(sha256: str, suffix: str) -> str:
+    """The same, relative to ``datasets/<name>/`` (how manifests list it)."""
+    return f"objects/{sha256}{suffix}"
+
+
+def group_record_key(name: str, key: str) -> str:
+    return f"{dataset_prefix(name)}/groups/{key}.json"
+
+
+def plan_key(name: str, version: str) -> str:
+    return f"{version_prefix(name, version)}/{PLAN_NAME}"
+
+
+def litdata_index_path(version: str, split: str) -> str:
+    """A version's LitData index of one split, relative to ``datasets/<name>/``."""
+    return f"{version}/litdata/{split}/index.json"
 
 
 def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,82 +1,49 @@
-"""Publish a stream of gold rows as a versioned dataset, atomically.
+"""Publish a stream of gold rows as a versioned dataset: plan, write parts, commit.
 
-Two passes over the rows (the source, a callable returning an iterator of Arrow record
-batches ordered by example id, is read once; pass 1 spills its batches to a local Arrow file
-that pass 2 reads back):
+1. **plan** (:mod:`shards.planning`) — read the source once (spilling its batches to a local
+   Arrow file), assign splits, run the split guards, count, compute train-only statistics,
+   fingerprints and the version id, and find the shard groups (split × anchor period). If that
+   version's manifest already exists, stop: publishing the same inputs again is a no-op.
+2. **parts** (:mod:`shards.parts`) — only the groups storage does not hold yet are written,
+   cut into parts by anchor period; each part encodes its groups, uploads their files as
+   content-addressed objects and records them. Parts run one after another, in ``workers``
+   local processes, or (through the flows) each in its own pod; the files are the same.
+3. **commit** (:mod:`shards.commit`) — verify every group and object, write the LitData
+   indexes, then ``manifest.json`` (written once), then ``LATEST``.
 
-1. **plan** — assign splits, run the split guards, count, compute train-only statistics and
-   the content fingerprint; derive the version id. If that version's manifest already exists,
-   stop: publishing the same inputs again is a no-op.
-2. **write** — encode every row and write WebDataset tar shards and LitData chunks per split
-   into a local temporary folder; check that the rows were the same as in pass 1.
-
-Then: verify the local files (sizes, sha256, counts), clear any leftovers of an interrupted
-attempt at that version, upload the data files, check their sizes in storage, write
-``manifest.json`` last, then ``LATEST``. A crash at any point before the manifest leaves no
-manifest, and a version without a manifest is not published; the next run redoes it.
+Nothing is ever deleted or overwritten under a published version: a crash leaves objects no
+manifest lists yet (the next run reuses them; ``gc`` removes them if never used), and a version
+without a manifest is not published.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from shards.definition import GroupSplit, PublishSpec, TimeSplit
-from shards.encoding import (
-    ENCODING_VERSION,
-    SampleEncoder,
-    check_example_ids,
-    feature_schema,
-    label_values,
-)
-from shards.fingerprint import ContentFingerprint
-from shards.litdata_writer import INDEX_FILENAME, ChunkWriter
-from shards.manifest import (
-    MANIFEST_VERSION,
-    code_version,
-    file_digest,
-    latest_key,
-    manifest_bytes,
-    manifest_key,
-    version_id,
-    version_prefix,
-)
-from shards.splits import EXCLUDED, SplitAssigner, SplitGuard, anchor_micros
-from shards.statistics import TrainStatistics
+from shards.commit import commit
+from shards.definition import PublishSpec
+from shards.manifest import latest_key, manifest_key, plan_key, version_prefix
+from shards.parts import DEFAULT_PART_ROWS, Part, cut_parts, missing_groups, write_part
+from shards.planning import Plan, PublishError, plan_publication, select_columns
 from shards.storage import Storage
-from shards.tar_writer import ShardFile, TarShardWriter
+
+__all__ = ["Plan", "PublishError", "PublishResult", "plan_publication", "publish"]
 
 log = logging.getLogger(__name__)
 
 BatchSource = Callable[[], Iterable[pa.RecordBatch]]
 Progress = Callable[[str], None]
-
-
-class PublishError(RuntimeError):
-    """The publication cannot go on (the source changed, a file did not verify, ...)."""
-
-
-@dataclass
-class Plan:
-    """What pass 1 found: the version id and everything the manifest needs but the files."""
-
-    version: str
-    fingerprint: str
-    rows: int
-    counts: dict[str, int]
-    excluded: int
-    statistics: dict[str, Any]
-    guards: dict[str, Any]
-    code_version: str
-    label_kind: str
 
 
 @dataclass
@@ -92,6 +59,8 @@ class PublishResult:
     manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     registered: bool = False
+    groups_written: int = 0
+    groups_reused: int = 0
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -100,260 +69,8 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
-def _select(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
-    missing = [c for c in columns if c not in batch.schema.names]
-    if missing:
-        raise PublishError(f"the source has no column(s) {missing}")
-    return batch.select(columns)
-
-
-class _Checker:
-    """Split assignment plus guards and fingerprint, shared by both passes."""
-
-    def __init__(self, spec: PublishSpec):
-        self.spec = spec
-        self.columns = spec.source_columns()
-        self.assigner = SplitAssigner(spec.split, example_id=spec.example_id, anchor=spec.anchor)
-        self.guard = SplitGuard(spec.split)
-        self.fingerprint = ContentFingerprint(self.columns)
-        self.counts = np.zeros(len(spec.split_names), dtype=np.int64)
-        self.excluded = 0
-
-    def assign(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
-        batch = _select(batch, self.columns)
-        ids = batch.column(self.spec.example_id)
-        check_example_ids(ids)
-        assignment = self.assigner.assign(batch)
-        anchors = (
-            anchor_micros(batch.column(self.spec.anchor))
-            if isinstance(self.spec.split, TimeSplit)
-            else None
-        )
-        groups = (
-            batch.column(self.spec.split.key) if isinstance(self.spec.split, GroupSplit) else None
-        )
-        self.guard.check(ids, assignment, anchors=anchors, groups=groups)
-        self.fingerprint.update(batch)
-        kept = assignment[assignment != EXCLUDED]
-        self.counts += np.bincount(kept, minlength=len(self.counts))
-        self.excluded += int((assignment == EXCLUDED).sum())
-        return batch, assignment
-
-    def count_map(self) -> dict[str, int]:
-        return {name: int(c) for name, c in zip(self.spec.split_names, self.counts, strict=True)}
-
-
-def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Plan:
-    """Pass 1: splits, guards, counts, train statistics, fingerprint, version id."""
-    checker = _Checker(spec)
-    stats = TrainStatistics(
-        spec.numeric_features, spec.categorical_features, max_vocab=spec.max_vocab
-    )
-    train = spec.split_names.index(spec.train_split)
-    label_kind = None
-    for raw in batches:
-        batch, assignment = checker.assign(raw)
-        stats.update(batch, assignment == train)
-        if label_kind is None and batch.num_rows:
-            label_kind = (
-                "int" if label_values(batch.column(spec.label)).dtype.kind == "i" else "float"
-            )
-    code = code_version()
-    fingerprint = checker.fingerprint.hexdigest()
-    version = version_id(
-        definition=spec.definition(),
-        fingerprint=fingerprint,
-        rows=checker.fingerprint.rows,
-        encoding=ENCODING_VERSION,
-        code=code,
-    )
-    return Plan(
-        version=version,
-        fingerprint=fingerprint,
-        rows=checker.fingerprint.rows,
-        counts=checker.count_map(),
-        excluded=checker.excluded,
-        statistics=stats.result(),
-        guards=checker.guard.report(),
-        code_version=code,
-        label_kind=label_kind or "int",
-    )
-
-
-def write_files(
-    spec: PublishSpec,
-    plan: Plan,
-    batches: Iterable[pa.RecordBatch],
-    root: Path,
-    progress: Progress | None = None,
-) -> dict[str, dict[str, list[ShardFile]]]:
-    """Pass 2: encode and write both formats per split under ``root``; returns the files."""
-    checker = _Checker(spec)
-    encoder = SampleEncoder(spec, plan.statistics)
-
-    def on_file(fmt: str, split: str) -> Callable[[Path, int], None]:
-        return lambda path, count: _say(
-            progress, f"{spec.name} {plan.version}: {fmt}/{split}/{path.name} ({count} samples)"
-        )
-
-    tar_writers = {
-        name: TarShardWriter(
-            root / "webdataset" / name,
-            spec.webdataset.samples_per_shard,
-            on_file("webdataset", name),
-        )
-        for name in spec.split_names
-    }
-    chunk_writers = {
-        name: ChunkWriter(
-            root / "litdata" / name,
-            spec.litdata.chunk_bytes,
-            label_kind=plan.label_kind,
-            updated_at=plan.version,
-            on_chunk=on_file("litdata", name),
-        )
-        for name in spec.split_names
-    }
-    for raw in batches:
-        batch, assignment = checker.assign(raw)
-        encoded = encoder.encode(batch)
-        for index, name in enumerate(spec.split_names):
-            rows = np.flatnonzero(assignment == index)
-            if len(rows) == 0:
-                continue
-            part = encoded if len(rows) == len(encoded) else encoded.take(rows)
-            tar_writers[name].write(part)
-            chunk_writers[name].write(part)
-    if checker.fingerprint.hexdigest() != plan.fingerprint or checker.count_map() != plan.counts:
-        raise PublishError(
-            f"the rows of {spec.source} read in pass 2 differ from pass 1; run it again"
-        )
-    files = {}
-    for name in spec.split_names:
-        files[name] = {
-            "webdataset": tar_writers[name].close(),
-            "litdata": chunk_writers[name].close(),
-        }
-        _say(
-            progress,
-            f"{spec.name} {plan.version}: split {name} written ({plan.counts[name]} samples)",
-        )
-    return files
-
-
-def _file_entries(root: Path, fmt: str, split: str, files: list[ShardFile]) -> list[dict[str, Any]]:
-    entries = []
-    for item in files:
-        rel = f"{fmt}/{split}/{item.name}"
-        size, sha = file_digest(root / rel)
-        entries.append({"path": rel, "size": size, "sha256": sha, "samples": item.count})
-    if fmt == "litdata" and files:
-        rel = f"{fmt}/{split}/{INDEX_FILENAME}"
-        size, sha = file_digest(root / rel)
-        entries.append({"path": rel, "size": size, "sha256": sha, "samples": None})
-    return entries
-
-
-def build_manifest(
-    spec: PublishSpec,
-    plan: Plan,
-    root: Path,
-    files: dict[str, dict[str, list[ShardFile]]],
-    lineage: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Verify the written files against the plan and describe them."""
-    splits: dict[str, Any] = {}
-    for name in spec.split_names:
-        entry: dict[str, Any] = {"count": plan.counts[name]}
-        for fmt in ("webdataset", "litdata"):
-            written = sum(f.count for f in files[name][fmt])
-            if written != plan.counts[name]:
-                raise PublishError(
-                    f"{fmt}/{name}: wrote {written} samples, expected {plan.counts[name]}"
-                )
-            entry[fmt] = {"files": _file_entries(root, fmt, name, files[name][fmt])}
-        splits[name] = entry
-    features = feature_schema(spec, plan.statistics)
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "dataset": spec.name,
-        "version": plan.version,
-        "source": spec.source,
-        "example_id": spec.example_id,
-        "anchor": spec.anchor,
-        "label": {"column": spec.label, "kind": plan.label_kind},
-        "targets": spec.targets,
-        "meta_columns": spec.meta_columns,
-        "features": features,
-        "feature_order": spec.feature_names,
-        "statistics": {"split": spec.train_split, **plan.statistics},
-        "split": spec.split.model_dump(mode="json"),
-        "counts": {**plan.counts, "excluded": plan.excluded, "source_rows": plan.rows},
-        "guards": plan.guards,
-        "encoding": {
-            "version": ENCODING_VERSION,
-            "webdataset": {
-                "samples_per_shard": spec.webdataset.samples_per_shard,
-                "key": spec.example_id,
-                "members": {
-                    "npy": f"float32[{len(features)}] feature vector in feature_order",
-                    "json": "example_id, anchor_ts, label, targets, meta_columns",
-                },
-            },
-            "litdata": {
-                "chunk_bytes": spec.litdata.chunk_bytes,
-                "item": {
-                    "features": f"float32[{len(features)}]",
-                    "label": plan.label_kind,
-                    "meta": "str (the same JSON as webdataset's .json member)",
-                },
-            },
-            "meta_json_keys": [
-                "example_id",
-                "anchor_ts",
-                "label",
-                *spec.targets,
-                *spec.meta_columns,
-            ],
-        },
-        "splits": splits,
-        "definition": spec.definition(),
-        "lineage": {
-            "source": spec.source,
-            "gold_fingerprint": plan.fingerprint,
-            "gold_rows": plan.rows,
-            "code_version": plan.code_version,
-            **({"inputs": lineage} if lineage else {}),
-        },
-    }
-
-
-def _upload(storage: Storage, prefix: str, root: Path, manifest: dict[str, Any]) -> None:
-    entries = [
-        e
-        for split in manifest["splits"].values()
-        for fmt in ("webdataset", "litdata")
-        for e in split[fmt]["files"]
-    ]
-    for entry in entries:
-        storage.put_file(f"{prefix}/{entry['path']}", root / entry["path"])
-    for entry in entries:
-        remote = storage.size(f"{prefix}/{entry['path']}")
-        if remote != entry["size"]:
-            raise PublishError(
-                f"{entry['path']}: {remote} bytes in storage, {entry['size']} written"
-            )
-
-
 def read_manifest(storage: Storage, name: str, version: str) -> dict[str, Any]:
-    import json
-
     return json.loads(storage.get_bytes(manifest_key(name, version)))
-
-
-def write_manifest(storage: Storage, name: str, version: str, manifest: dict[str, Any]) -> None:
-    """The commit point: once this object exists, the version is published."""
-    storage.put_bytes(manifest_key(name, version), manifest_bytes(manifest))
 
 
 def write_latest(storage: Storage, name: str, version: str) -> None:
@@ -379,12 +96,74 @@ def _spill(batches: Iterable[pa.RecordBatch], path: Path) -> Iterator[pa.RecordB
             writer.close()
 
 
-def _replay(path: Path) -> Iterator[pa.RecordBatch]:
-    """The spilled batches, memory-mapped (nothing when the source was empty)."""
+def replay(path: Path, spec: PublishSpec, part: Part | None = None) -> Iterator[pa.RecordBatch]:
+    """The spilled batches (memory-mapped), only the rows of ``part``'s anchor range if given."""
     if not path.exists():
         return
+    bounds = None
+    if part is not None:
+        start, end = part.anchor_range(spec.shard_period)
+        bounds = (
+            pa.scalar(start, pa.timestamp("us", tz="UTC")),
+            pa.scalar(end, pa.timestamp("us", tz="UTC")),
+        )
     with pa.memory_map(str(path)) as source:
-        yield from pa.ipc.open_stream(source)
+        for batch in pa.ipc.open_stream(source):
+            if bounds is None:
+                yield batch
+                continue
+            anchors = pc.cast(batch.column(spec.anchor), pa.timestamp("us", tz="UTC"))
+            inside = pc.and_(pc.greater_equal(anchors, bounds[0]), pc.less(anchors, bounds[1]))
+            kept = batch.filter(inside)
+            if kept.num_rows:
+                yield kept
+
+
+def _write_spilled_part(
+    spec: PublishSpec, plan: Plan, part: Part, spill: Path, storage: Storage, workdir: Path
+) -> list[dict[str, Any]]:
+    """One part from the spill file (a top-level function, so worker processes can run it)."""
+    return write_part(spec, plan, part, replay(spill, spec, part), storage, workdir=workdir)
+
+
+def _part_done(spec: PublishSpec, plan: Plan, part: Part) -> str:
+    return f"{spec.name} {plan.version}: part {part.index} ({part.rows} rows) written"
+
+
+def write_parts(
+    spec: PublishSpec,
+    plan: Plan,
+    parts: list[Part],
+    spill: Path,
+    storage: Storage,
+    *,
+    workers: int = 1,
+    workdir: Path,
+    progress: Progress | None = None,
+) -> None:
+    """Run the parts one after another (``workers=1``) or in that many local processes."""
+    if workers <= 1 or len(parts) <= 1:
+        for part in parts:
+            _write_spilled_part(spec, plan, part, spill, storage, workdir)
+            _say(
+                progress,
+                f"{spec.name} {plan.version}: part {part.index} ({part.rows} rows) written",
+            )
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_write_spilled_part, spec, plan, part, spill, storage, workdir)
+            for part in parts
+        ]
+        for part, future in zip(parts, futures, strict=True):
+            future.result()
+            _say(
+                progress,
+                f"{spec.name} {plan.version}: part {part.index} ({part.rows} rows) written",
+            )
 
 
 def publish(
@@ -395,22 +174,23 @@ def publish(
     lineage: dict[str, Any] | None = None,
     progress: Progress | None = None,
     workdir: Path | None = None,
+    workers: int = 1,
+    part_rows: int = DEFAULT_PART_ROWS,
 ) -> PublishResult:
-    """Publish ``source`` under ``<storage>/datasets/<name>/<version>`` (see the module doc).
+    """Publish ``source`` as ``<storage>/datasets/<name>/<version>`` (see the module doc).
 
-    ``source()`` is read once; pass 1 spills its batches (only the spec's columns) to an Arrow
-    file in the temporary folder, and pass 2 reads them back from there, so both passes see
-    the same snapshot and the database is read once.
+    ``source()`` is read once: pass 1 spills its batches (only the spec's columns) to an Arrow
+    file in the temporary folder, and the parts read their anchor ranges from there, so every
+    step sees the same snapshot and the database is read once.
     """
     timings: dict[str, float] = {}
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shardyard-publish-", dir=workdir) as tmp:
-        root = Path(tmp) / "dataset"
         spill = Path(tmp) / "source.arrows"
         columns = spec.source_columns()
         started = time.perf_counter()
-        plan = plan_publication(spec, _spill((_select(b, columns) for b in source()), spill))
+        plan = plan_publication(spec, _spill((select_columns(b, columns) for b in source()), spill))
         timings["plan_s"] = time.perf_counter() - started
         prefix = version_prefix(spec.name, plan.version)
         _say(
@@ -419,7 +199,7 @@ def publish(
             f"{plan.excluded} rows outside every split",
         )
 
-        def result(status: str, manifest: dict[str, Any]) -> PublishResult:
+        def result(status: str, manifest: dict[str, Any], written: int = 0) -> PublishResult:
             return PublishResult(
                 name=spec.name,
                 version=plan.version,
@@ -429,6 +209,8 @@ def publish(
                 counts=dict(plan.counts),
                 manifest=manifest,
                 timings=timings,
+                groups_written=written,
+                groups_reused=len(plan.groups) - written,
             )
 
         if storage.exists(manifest_key(spec.name, plan.version)):
@@ -436,16 +218,24 @@ def publish(
             return result("exists", read_manifest(storage, spec.name, plan.version))
 
         started = time.perf_counter()
-        files = write_files(spec, plan, _replay(spill), root, progress)
+        storage.put_bytes(plan_key(spec.name, plan.version), plan.to_json())
+        todo = missing_groups(storage, spec, plan)
+        parts = cut_parts(todo, part_rows)
+        _say(
+            progress,
+            f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
+            f"write in {len(parts)} part(s); the others are already in storage",
+        )
+        write_parts(
+            spec, plan, parts, spill, storage, workers=workers, workdir=Path(tmp), progress=progress
+        )
         timings["write_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        manifest = build_manifest(spec, plan, root, files, lineage)
-        timings["verify_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        storage.delete_prefix(prefix)  # leftovers of an interrupted attempt, if any
-        _upload(storage, prefix, root, manifest)
-        timings["upload_s"] = time.perf_counter() - started
-    write_manifest(storage, spec.name, plan.version, manifest)
+    started = time.perf_counter()
+    manifest, written = commit(storage, spec, plan, lineage)
+    timings["commit_s"] = time.perf_counter() - started
+    if not written:
+        _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do")
+        return result("exists", manifest, len(todo))
     write_latest(storage, spec.name, plan.version)
     _say(progress, f"{spec.name} {plan.version} published at {storage.uri(prefix)}")
-    return result("published", manifest)
+    return result("published", manifest, len(todo))

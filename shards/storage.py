@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -30,6 +31,10 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def size(self, key: str) -> int: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def put_bytes_once(self, key: str, data: bytes) -> bool: ...
+    def put_file_once(self, key: str, path: Path) -> bool: ...
+    def ages(self, prefix: str = "") -> dict[str, float]: ...
+    def delete(self, keys: list[str]) -> None: ...
 
 
 def is_s3_url(url: str) -> bool:
@@ -76,6 +81,47 @@ class LocalStorage:
         os.close(fd)
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)
+
+    def put_bytes_once(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists (a hard link is atomic and never replaces)."""
+        target = self.path(key)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def put_file_once(self, key: str, path: Path) -> bool:
+        """Like :meth:`put_bytes_once`; a file on the same file system is linked, not copied
+        (the caller must not change it afterwards)."""
+        target = self.path(key)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            return False
+        except OSError:  # another file system: copy, then link
+            return self.put_bytes_once(key, path.read_bytes())
+        return True
+
+    def ages(self, prefix: str = "") -> dict[str, float]:
+        """Seconds since each key under ``prefix`` was last written."""
+        now = time.time()
+        return {key: now - self.path(key).stat().st_mtime for key in self.list(prefix)}
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.path(key).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -125,6 +171,12 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
+        self._options = {
+            "endpoint_url": endpoint_url,
+            "region_name": region_name,
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+        }
         self.url = url.rstrip("/")
         self.bucket, self.prefix = split_s3_url(self.url)
         self.endpoint_url = endpoint_url
@@ -134,7 +186,7 @@ class S3Storage:
             region_name=region_name or "us-east-1",
             aws_access_key_id=aws_access_key_id,
             aws_secret_access_key=aws_secret_access_key,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
         )
 
     def key(self, key: str) -> str:
@@ -148,6 +200,39 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self.key(key))
+
+    def put_bytes_once(self, key: str, data: bytes) -> bool:
+        """A conditional put (``If-None-Match: *``): refused with 412 when ``key`` exists."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(key), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise
+        return True
+
+    def put_file_once(self, key: str, path: Path) -> bool:
+        return self.put_bytes_once(key, path.read_bytes())
+
+    def ages(self, prefix: str = "") -> dict[str, float]:
+        now = time.time()
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found = {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(prefix)):
+            for item in page.get("Contents", []):
+                found[item["Key"][strip:]] = now - item["LastModified"].timestamp()
+        return found
+
+    def delete(self, keys: list[str]) -> None:
+        full = [self.key(k) for k in keys]
+        for start in range(0, len(full), 1000):
+            chunk = [{"Key": k} for k in full[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
@@ -182,10 +267,14 @@ class S3Storage:
         return sorted(self._iter_keys(prefix))
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = [self.key(k) for k in self._iter_keys(prefix)]
-        for start in range(0, len(keys), 1000):
-            chunk = [{"Key": k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+        self.delete(list(self._iter_keys(prefix)))
+
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable (for worker processes): the client is built again from the options."""
+        return {"url": self.url, "options": self._options}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["url"], **state["options"])  # type: ignore[misc, arg-type]
 
 
 def open_storage(url: str, **s3_options: str | None) -> Storage:

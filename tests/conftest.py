@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from flows.settings import Settings
+from tests.s3_server import CountingMotoServer, start_counting_server
 
 
 def _with_database(url: str, name: str) -> str:
@@ -69,15 +70,17 @@ def database_url(pg_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """An S3-protocol server (moto's ThreadedMotoServer) on 127.0.0.1, for the session."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+def s3_server() -> Iterator[CountingMotoServer]:
+    """An S3-protocol server (moto's ThreadedMotoServer) on 127.0.0.1 that counts requests."""
+    server, _ = start_counting_server()
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: CountingMotoServer) -> str:
+    host, port = s3_server.get_host_and_port()
+    return f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -1,0 +1,222 @@
+"""The last step of a publication: verify every group, write the indexes and the manifest.
+
+It reads each planned group's record (written by the part that wrote the group, or by an
+earlier version that had the same group), checks the record against the plan and every listed
+object's size in storage, writes each split's LitData ``index.json`` over the shared chunks,
+then the manifest with a conditional put: a version's manifest is written once, and a racing
+publication of the same version finds it there and stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shards.definition import PublishSpec
+from shards.encoding import ENCODING_VERSION, feature_schema
+from shards.litdata_writer import INDEX_FILENAME, litdata_config
+from shards.manifest import (
+    MANIFEST_VERSION,
+    dataset_prefix,
+    group_record_key,
+    litdata_index_path,
+    manifest_bytes,
+    manifest_key,
+)
+from shards.planning import Plan, PublishError
+from shards.storage import Storage
+
+FORMATS = ("webdataset", "litdata")
+
+
+def read_group_records(storage: Storage, spec: PublishSpec, plan: Plan) -> list[dict[str, Any]]:
+    """Every planned group's record, checked against the plan (in plan order)."""
+
+    def read(key: str) -> dict[str, Any]:
+        return json.loads(storage.get_bytes(group_record_key(spec.name, key)))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        records = list(pool.map(read, [group.key for group in plan.groups]))
+    for group, record in zip(plan.groups, records, strict=True):
+        if (record["split"], record["period"], record["rows"]) != (
+            group.split,
+            group.period,
+            group.rows,
+        ):
+            raise PublishError(f"group record {group.key} does not match the plan")
+    return records
+
+
+def verify_objects(storage: Storage, spec: PublishSpec, records: list[dict[str, Any]]) -> None:
+    """Every object the records list is in storage with the size they give."""
+    entries = {e["path"]: e["size"] for r in records for fmt in FORMATS for e in r[fmt]}
+    prefix = dataset_prefix(spec.name)
+
+    def size(path: str) -> int | None:
+        key = f"{prefix}/{path}"
+        return storage.size(key) if storage.exists(key) else None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = dict(zip(entries, pool.map(size, list(entries)), strict=True))
+    for path, expected in entries.items():
+        if found[path] != expected:
+            raise PublishError(f"{path}: {found[path]} bytes in storage, {expected} listed")
+
+
+def litdata_index(spec: PublishSpec, plan: Plan, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A split's LitData ``index.json`` over content-addressed chunks (filenames relative to
+    ``objects/``)."""
+    if spec.layout == "block":
+        from shards.blocks import block_litdata_config
+
+        config = block_litdata_config(spec.litdata.chunk_bytes)
+    else:
+        config = litdata_config(plan.label_kind, spec.litdata.chunk_bytes)
+    return {
+        "chunks": [
+            {
+                "chunk_bytes": entry["size"],
+                "chunk_size": entry["items"],
+                "dim": None,
+                "filename": entry["path"].rpartition("/")[2],
+            }
+            for entry in chunks
+        ],
+        "config": config,
+        "updated_at": plan.version,
+    }
+
+
+def write_split_indexes(
+    storage: Storage, spec: PublishSpec, plan: Plan, records: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Write each non-empty split's LitData index; returns the manifest entries by split."""
+    entries = {}
+    for split in spec.split_names:
+        chunks = [e for r in records if r["split"] == split for e in r["litdata"]]
+        if not chunks:
+            continue
+        data = json.dumps(litdata_index(spec, plan, chunks), sort_keys=True).encode()
+        path = litdata_index_path(plan.version, split)
+        storage.put_bytes(f"{dataset_prefix(spec.name)}/{path}", data)
+        entries[split] = {
+            "path": path,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "samples": None,
+        }
+    return entries
+
+
+def build_manifest(
+    spec: PublishSpec,
+    plan: Plan,
+    records: list[dict[str, Any]],
+    indexes: dict[str, dict[str, Any]],
+    lineage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Describe the version: counts, groups and files per split, schema, statistics, lineage."""
+    splits: dict[str, Any] = {}
+    for name in spec.split_names:
+        mine = [r for r in records if r["split"] == name]
+        entry: dict[str, Any] = {
+            "count": plan.counts[name],
+            "groups": [{"period": r["period"], "rows": r["rows"], "key": r["key"]} for r in mine],
+        }
+        for fmt in FORMATS:
+            files = [dict(e) for r in mine for e in r[fmt]]
+            written = sum(e["samples"] for e in files)
+            if written != plan.counts[name]:
+                raise PublishError(f"{fmt}/{name}: {written} samples, expected {plan.counts[name]}")
+            if fmt == "litdata" and name in indexes:
+                files.append(indexes[name])
+            entry[fmt] = {"files": files}
+        splits[name] = entry
+    features = feature_schema(spec, plan.statistics)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": spec.name,
+        "version": plan.version,
+        "source": spec.source,
+        "example_id": spec.example_id,
+        "anchor": spec.anchor,
+        "label": {"column": spec.label, "kind": plan.label_kind},
+        "targets": spec.targets,
+        "meta_columns": spec.meta_columns,
+        "features": features,
+        "feature_order": spec.feature_names,
+        "statistics": {"split": spec.train_split, **plan.statistics},
+        "split": spec.split.model_dump(mode="json"),
+        "counts": {**plan.counts, "excluded": plan.excluded, "source_rows": plan.rows},
+        "guards": plan.guards,
+        "layout": spec.layout,
+        "paths": f"relative to {dataset_prefix(spec.name)}/; objects/ is shared by versions",
+        "encoding": _encoding(spec, plan, len(features)),
+        "splits": splits,
+        "definition": spec.definition(),
+        "lineage": {
+            "source": spec.source,
+            "gold_fingerprint": plan.fingerprint,
+            "gold_rows": plan.rows,
+            "code_version": plan.code_version,
+            **({"inputs": lineage} if lineage else {}),
+        },
+    }
+
+
+def _encoding(spec: PublishSpec, plan: Plan, width: int) -> dict[str, Any]:
+    meta_keys = ["example_id", "anchor_ts", "label", *spec.targets, *spec.meta_columns]
+    if spec.layout == "block":
+        from shards.blocks import BLOCK_ENCODING
+
+        return {
+            "version": BLOCK_ENCODING,
+            "block_rows": spec.block.rows,
+            "shard_period": spec.shard_period,
+            "webdataset": {"samples_per_shard": spec.webdataset.samples_per_shard},
+            "litdata": {"chunk_bytes": spec.litdata.chunk_bytes},
+            "block": f"float32[n, {width}] features, labels, example ids and meta JSON",
+            "meta_json_keys": meta_keys,
+        }
+    return {
+        "version": ENCODING_VERSION,
+        "shard_period": spec.shard_period,
+        "webdataset": {
+            "samples_per_shard": spec.webdataset.samples_per_shard,
+            "key": spec.example_id,
+            "members": {
+                "npy": f"float32[{width}] feature vector in feature_order",
+                "json": "example_id, anchor_ts, label, targets, meta_columns",
+            },
+        },
+        "litdata": {
+            "chunk_bytes": spec.litdata.chunk_bytes,
+            "index": INDEX_FILENAME,
+            "item": {
+                "features": f"float32[{width}]",
+                "label": plan.label_kind,
+                "meta": "str (the same JSON as webdataset's .json member)",
+            },
+        },
+        "meta_json_keys": meta_keys,
+    }
+
+
+def commit(
+    storage: Storage, spec: PublishSpec, plan: Plan, lineage: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Verify, write the indexes and the manifest; ``(manifest, written)``.
+
+    ``written`` is False when the version's manifest was already there (a racing publication
+    of the same inputs won); the manifest returned is then the one in storage.
+    """
+    records = read_group_records(storage, spec, plan)
+    verify_objects(storage, spec, records)
+    indexes = write_split_indexes(storage, spec, plan, records)
+    manifest = build_manifest(spec, plan, records, indexes, lineage)
+    key = manifest_key(spec.name, plan.version)
+    if storage.put_bytes_once(key, manifest_bytes(manifest)):
+        return manifest, True
+    return json.loads(storage.get_bytes(key)), False

@@ -1,0 +1,233 @@
+"""Pass 2, cut into parts: encode shard groups, upload their objects, record them.
+
+A part is a range of anchor periods and the groups in it that storage does not hold yet. It
+reads only its rows (any source ordered by example id, restricted to the part's anchor range),
+writes each group's WebDataset shards and LitData chunks into a local folder, checks the rows
+against the plan (count and fingerprint per group), uploads every file as a content-addressed
+object (a conditional put: an existing object is never replaced), checks the sizes in storage,
+then writes the group's record. Parts are independent: they run one after another, in local
+processes, or each in its own pod, and give the same objects either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shards.definition import PublishSpec
+from shards.encoding import EncodedBatch, SampleEncoder
+from shards.fingerprint import ContentFingerprint
+from shards.groups import Group, period_bounds, period_label
+from shards.litdata_writer import ChunkWriter
+from shards.manifest import file_digest, group_record_key, object_key, object_path
+from shards.planning import Plan, PublishError, SplitChecker, group_runs
+from shards.storage import Storage
+from shards.tar_writer import ShardFile, TarShardWriter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+DEFAULT_PART_ROWS = 250_000
+
+
+@dataclass
+class Part:
+    """Groups to write, all with periods in ``first`` .. ``last`` (ISO dates, inclusive)."""
+
+    index: int
+    first: str
+    last: str
+    groups: list[str]  # group keys
+    rows: int
+
+    def anchor_range(self, period: str) -> tuple[Any, Any]:
+        """``[start, end)`` of the anchors this part reads (UTC datetimes)."""
+        return period_bounds(self.first, period, self.last)
+
+
+def missing_groups(storage: Storage, spec: PublishSpec, plan: Plan) -> list[Group]:
+    """The plan's groups whose record (and so whose objects) storage does not hold yet."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [group_record_key(spec.name, group.key) for group in plan.groups]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        present = list(pool.map(storage.exists, keys))
+    return [group for group, found in zip(plan.groups, present, strict=True) if not found]
+
+
+def cut_parts(groups: list[Group], part_rows: int = DEFAULT_PART_ROWS) -> list[Part]:
+    """Cut the groups, in period order, into parts of about ``part_rows`` rows.
+
+    A period never spans two parts, so each part reads a disjoint anchor range.
+    """
+    by_period: dict[str, list[Group]] = {}
+    for group in sorted(groups, key=lambda g: (g.period, g.split)):
+        by_period.setdefault(group.period, []).append(group)
+    parts: list[Part] = []
+    current: list[str] = []
+    for period, members in by_period.items():
+        if not current or _rows(by_period, current) >= part_rows:
+            current = []
+            parts.append(Part(len(parts), period, period, [], 0))
+        current.append(period)
+        part = parts[-1]
+        part.last = period
+        part.groups += [g.key for g in members]
+        part.rows += sum(g.rows for g in members)
+    return parts
+
+
+def _rows(by_period: dict[str, list[Group]], periods: list[str]) -> int:
+    return sum(g.rows for period in periods for g in by_period[period])
+
+
+class GroupWriter:
+    """Both formats of one group, written into ``folder``; checked against the plan."""
+
+    def __init__(self, spec: PublishSpec, plan: Plan, group: Group, folder: Path):
+        self.spec = spec
+        self.group = group
+        self.folder = folder
+        self.fingerprint = ContentFingerprint(spec.source_columns())
+        self.tar, self.chunks = _writers(spec, plan, folder)
+
+    def write(self, rows: pa.RecordBatch, encoded: EncodedBatch) -> None:
+        self.fingerprint.update(rows)
+        self.tar.write(encoded)
+        self.chunks.write(encoded)
+
+    def finish(self, storage: Storage) -> dict[str, Any]:
+        """Close the files, check them, upload them, write and return the group's record."""
+        group = self.group
+        if self.fingerprint.rows != group.rows or self.fingerprint.hexdigest() != group.fingerprint:
+            raise PublishError(
+                f"the rows of {self.spec.source} in split {group.split}, period {group.period} "
+                "differ from the plan (the source changed while publishing); run it again"
+            )
+        record = {
+            "key": group.key,
+            "split": group.split,
+            "period": group.period,
+            "rows": group.rows,
+            "webdataset": self._upload(storage, self.folder / "webdataset", self.tar.close()),
+            "litdata": self._upload(storage, self.folder / "litdata", self.chunks.close()),
+        }
+        storage.put_bytes_once(
+            group_record_key(self.spec.name, group.key),
+            json.dumps(record, sort_keys=True).encode(),
+        )
+        return record
+
+    def _upload(self, storage: Storage, folder: Path, files: list[ShardFile]) -> list[dict]:
+        entries = []
+        for item in files:
+            path = folder / item.name
+            size, sha = file_digest(path)
+            key = object_key(self.spec.name, sha, path.suffix)
+            storage.put_file_once(key, path)
+            if storage.size(key) != size:
+                raise PublishError(f"{key}: {storage.size(key)} bytes in storage, {size} written")
+            entry = {"path": object_path(sha, path.suffix), "size": size, "sha256": sha}
+            entry["samples"] = item.count
+            if path.suffix == ".bin":
+                entry["items"] = _chunk_items(path)
+            entries.append(entry)
+        written = sum(item.count for item in files)
+        if written != self.group.rows:
+            raise PublishError(f"group {self.group.key}: wrote {written} of {self.group.rows} rows")
+        return entries
+
+
+def _chunk_items(path: Path) -> int:
+    """A LitData chunk's item count (its first uint32): examples, or blocks of them."""
+    with path.open("rb") as handle:
+        return int.from_bytes(handle.read(4), "little")
+
+
+def _writers(spec: PublishSpec, plan: Plan, folder: Path) -> tuple[Any, Any]:
+    if spec.layout == "block":
+        from shards.blocks import BlockChunkWriter, BlockTarShardWriter
+
+        return (
+            BlockTarShardWriter(
+                folder / "webdataset", spec.webdataset.samples_per_shard, spec.block.rows
+            ),
+            BlockChunkWriter(
+                folder / "litdata",
+                spec.litdata.chunk_bytes,
+                block_rows=spec.block.rows,
+                updated_at=plan.version,
+            ),
+        )
+    return (
+        TarShardWriter(folder / "webdataset", spec.webdataset.samples_per_shard),
+        ChunkWriter(
+            folder / "litdata",
+            spec.litdata.chunk_bytes,
+            label_kind=plan.label_kind,
+            updated_at=plan.version,
+        ),
+    )
+
+
+def write_part(
+    spec: PublishSpec,
+    plan: Plan,
+    part: Part,
+    batches: Iterable[pa.RecordBatch],
+    storage: Storage,
+    *,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Write the part's groups from ``batches`` (rows outside them are skipped)."""
+    wanted = {group.key: group for group in plan.groups if group.key in set(part.groups)}
+    by_cell = {(group.period, group.split): group for group in wanted.values()}
+    names = spec.split_names
+    checker = SplitChecker(spec, guard=False)
+    encoder = SampleEncoder(spec, plan.statistics)
+    records = []
+    with tempfile.TemporaryDirectory(prefix=f"shardyard-part-{part.index}-", dir=workdir) as tmp:
+        writers: dict[str, GroupWriter] = {}
+        for raw in batches:
+            batch, assignment = checker.assign(raw)
+            order, runs = group_runs(spec, batch, assignment)
+            runs = [
+                (by_cell[cell], start, end)
+                for (day, split), start, end in runs
+                if (cell := (period_label(day), names[split])) in by_cell
+            ]
+            if not runs:
+                continue
+            wanted_rows = np.concatenate([order[start:end] for _, start, end in runs])
+            rows = batch.take(pa.array(wanted_rows))
+            encoded = encoder.encode(rows)
+            offset = 0
+            for group, start, end in runs:
+                writer = writers.get(group.key)
+                if writer is None:
+                    folder = Path(tmp) / group.key
+                    writer = writers[group.key] = GroupWriter(spec, plan, group, folder)
+                span = np.arange(offset, offset + end - start)
+                writer.write(rows.slice(offset, end - start), encoded.take(span))
+                offset += end - start
+        for key in part.groups:
+            group = wanted[key]
+            writer = writers.pop(key, None) or GroupWriter(spec, plan, group, Path(tmp) / key)
+            records.append(writer.finish(storage))
+            if progress is not None:
+                progress(f"{spec.name}: part {part.index}: {group.split}/{group.period} written")
+    log.info("part %d: %d groups, %d rows", part.index, len(records), part.rows)
+    return records
+
+
+def part_json(part: Part) -> dict[str, Any]:
+    return asdict(part)
