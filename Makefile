@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-shards bench-cdc clean setup
+.PHONY: demo test lint bench-ingest bench-shards bench-publish bench-cdc clean setup
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ bench-shards: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_shards.py
 
 # CDC against a snapshot of the same table; UNTIL=2013-02-01 for a quick run.
+bench-publish: $(STAMP)
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_publish.py
+
 bench-cdc: $(STAMP)
 	$(BIN)/python benchmarks/bench_cdc.py $(if $(UNTIL),--until $(UNTIL))
 

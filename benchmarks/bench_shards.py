@@ -12,6 +12,12 @@
    ``--per-object`` samples), WebDataset and LitData from S3 and from local disk, through
    the reader helpers trainers use. Prints samples/s and the ratios against the targets:
    shards >= 20x the per-object rate and >= 0.5x local disk.
+5. The block layout (``layout: block``; one sample / item per ``block.rows`` examples): block
+   tar shards and LitData chunks written per split -> examples/s and bytes/example against
+   Parquet [target <= 2x]; decoding the train split's blocks into torch batches from bytes in
+   memory, from local tar shards (``webdataset.WebDataset``, ``iter_tar_samples``) and from
+   local LitData chunks (``litdata.StreamingDataset``) -> examples/s [target >= 1,000,000].
+   ``--blocks-only`` runs steps 1 and 5 only.
 """
 
 from __future__ import annotations
@@ -20,14 +26,29 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.publisher import plan_publication, publish, write_files
-from shards.readers import npy_vector, open_litdata, open_webdataset
+from shards.blocks import (
+    BLOCK_EXTENSION,
+    BlockChunkWriter,
+    BlockTarShardWriter,
+    block_batches,
+    decode_blocks,
+)
+from shards.definition import PublishSpec
+from shards.encoding import SampleEncoder
+from shards.litdata_writer import ChunkWriter
+from shards.publisher import Plan, plan_publication, publish
+from shards.readers import iter_tar_samples, npy_vector, open_litdata, open_webdataset
+from shards.splits import SplitAssigner
 from shards.storage import S3Storage, open_storage
+from shards.tar_writer import TarShardWriter
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 CREDENTIALS = {
@@ -94,10 +115,203 @@ def per_object_rate(storage: S3Storage, table, limit: int) -> tuple[int, float]:
     return limit, time.perf_counter() - started
 
 
+# --- the block layout ----------------------------------------------------------------------
+
+
+Writers = tuple[Any, Any]  # a split's tar writer and chunk writer (either layout)
+
+
+def example_writers(spec: PublishSpec, plan: Plan, folder: Path) -> Writers:
+    return (
+        TarShardWriter(folder / "webdataset", spec.webdataset.samples_per_shard),
+        ChunkWriter(
+            folder / "litdata",
+            spec.litdata.chunk_bytes,
+            label_kind=plan.label_kind,
+            updated_at=plan.version,
+        ),
+    )
+
+
+def block_writers(spec: PublishSpec, plan: Plan, folder: Path) -> Writers:
+    return (
+        BlockTarShardWriter(
+            folder / "webdataset", spec.webdataset.samples_per_shard, spec.block.rows
+        ),
+        BlockChunkWriter(
+            folder / "litdata",
+            spec.litdata.chunk_bytes,
+            block_rows=spec.block.rows,
+            updated_at=plan.version,
+        ),
+    )
+
+
+def write_layout(
+    spec: PublishSpec,
+    plan: Plan,
+    batches: Iterable[pa.RecordBatch],
+    root: Path,
+    make_writers: Callable[[PublishSpec, Plan, Path], Writers],
+) -> dict[str, int]:
+    """Encode and write both formats per split (not per anchor period) into
+    ``root/<split>/{webdataset,litdata}``; returns the examples written per split."""
+    encoder = SampleEncoder(spec, plan.statistics)
+    assigner = SplitAssigner(spec.split, example_id=spec.example_id, anchor=spec.anchor)
+    writers = {name: make_writers(spec, plan, root / name) for name in spec.split_names}
+    for raw in batches:
+        batch = raw.select(spec.source_columns())
+        assignment = assigner.assign(batch)
+        encoded = encoder.encode(batch)
+        for index, name in enumerate(spec.split_names):
+            rows = np.flatnonzero(assignment == index)
+            if len(rows):
+                part = encoded if len(rows) == len(encoded) else encoded.take(rows)
+                for writer in writers[name]:
+                    writer.write(part)
+    counts = {}
+    for name, (tar, chunks) in writers.items():
+        counts[name] = sum(f.count for f in tar.close())
+        assert counts[name] == sum(f.count for f in chunks.close())
+    return counts
+
+
+def layout_bytes(root: Path, fmt: str) -> int:
+    return sum(folder_bytes(split / fmt) for split in root.iterdir() if split.is_dir())
+
+
+def count_batches(batches: Iterable[object]) -> tuple[int, float]:
+    """Examples in ``(features, labels)`` batches or dict batches, and the seconds taken."""
+    started = time.perf_counter()
+    count = 0
+    for batch in batches:
+        count += len(batch["labels"] if isinstance(batch, dict) else batch[1])
+    return count, time.perf_counter() - started
+
+
+def best_rate(
+    make: Callable[[], Iterable[object]], expected: int, repeats: int
+) -> tuple[float, float]:
+    """Best and median examples/s of ``repeats`` passes over ``make()``'s batches."""
+    rates = []
+    for _ in range(repeats):
+        count, seconds = count_batches(make())
+        assert count == expected, (count, expected)
+        rates.append(rate(count, seconds))
+    return max(rates), sorted(rates)[len(rates) // 2]
+
+
+def block_decode_rates(
+    root: Path, train: int, *, repeats: int, batch_size: int = 1024
+) -> dict[str, tuple[float, float]]:
+    """examples/s (best, median) of the train split's blocks -> torch batches, from memory
+    and from local disk."""
+    import torch  # noqa: F401 - imported before timing
+    import webdataset as wds
+    from litdata import StreamingDataset
+
+    shards = sorted((root / "train" / "webdataset").glob("*.tar"))
+    urls = [str(p) for p in shards]
+    in_memory = [s[BLOCK_EXTENSION] for p in shards for s in iter_tar_samples(p.open("rb"))]
+    cases = {
+        "memory, (features, labels)": lambda: block_batches(
+            decode_blocks(in_memory, meta=False), batch_size
+        ),
+        "memory, shuffled (100k buffer)": lambda: block_batches(
+            decode_blocks(in_memory, meta=False), batch_size, shuffle_buffer=100_000
+        ),
+        "memory, dicts with ids + meta": lambda: block_batches(
+            decode_blocks(in_memory), batch_size, as_dict=True
+        ),
+        "local tar, webdataset.WebDataset": lambda: block_batches(
+            decode_blocks(wds.WebDataset(urls, shardshuffle=False), meta=False), batch_size
+        ),
+        "local tar, iter_tar_samples": lambda: block_batches(
+            decode_blocks((s for p in shards for s in iter_tar_samples(p.open("rb"))), meta=False),
+            batch_size,
+        ),
+        "local chunks, litdata": lambda: block_batches(
+            decode_blocks(StreamingDataset(str(root / "train" / "litdata")), meta=False),
+            batch_size,
+        ),
+    }
+    rates = {name: best_rate(make, train, repeats) for name, make in cases.items()}
+    threads = pa.cpu_count()
+    pa.set_cpu_count(1)  # Arrow decompresses a block's columns in parallel by default
+    try:
+        name = "memory, (features, labels)"
+        rates[f"{name}, 1 Arrow thread"] = best_rate(cases[name], train, repeats)
+    finally:
+        pa.set_cpu_count(threads)
+    return rates
+
+
+def block_layout(
+    spec: PublishSpec,
+    plan: Plan,
+    source: Callable[[], Iterable[pa.RecordBatch]],
+    work: Path,
+    repeats: int,
+) -> dict[str, int]:
+    print(f"\nblock layout ({spec.block.rows} examples per block):")
+    started = time.perf_counter()
+    counts = write_layout(spec, plan, source(), work / "blocks", block_writers)
+    written = sum(counts.values())
+    print(
+        f"  write (encode + block tar + block litdata): "
+        f"{rate(written, time.perf_counter() - started):,.0f} examples/s"
+    )
+    print(
+        f"  decode the train split ({counts['train']} examples) into torch batches of 1024, "
+        f"best and median of {repeats}:  [target >= 1,000,000]"
+    )
+    rates = block_decode_rates(work / "blocks", counts["train"], repeats=repeats)
+    for name, (best, median) in rates.items():
+        print(f"    {name:44s} {best:12,.0f}  {median:12,.0f} examples/s")
+    return counts
+
+
+def write_example_layout(
+    spec: PublishSpec,
+    plan: Plan,
+    source: Callable[[], Iterable[pa.RecordBatch]],
+    work: Path,
+    plan_s: float,
+) -> None:
+    """Pass 2 of the per-example layout into ``work / "written"`` (and into tmpfs)."""
+    started = time.perf_counter()
+    write_layout(spec, plan, source(), work / "written", example_writers)
+    write_s = time.perf_counter() - started
+    written = sum(plan.counts.values())
+    memory_rate = None
+    if Path("/dev/shm").is_dir():  # the same pass into tmpfs: encoding without the disk
+        shm = Path(tempfile.mkdtemp(prefix="bench-shards-", dir="/dev/shm"))
+        try:
+            started = time.perf_counter()
+            write_layout(spec, plan, source(), shm, example_writers)
+            memory_rate = rate(written, time.perf_counter() - started)
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+    print(
+        f"pass 2 (encode + write WebDataset and LitData):  {rate(written, write_s):,.0f} "
+        "examples/s  [target >= 140,000]"
+    )
+    if memory_rate is not None:
+        print(f"pass 2 into tmpfs (/dev/shm, no disk):           {memory_rate:,.0f} examples/s")
+    print(
+        f"both passes:                                      "
+        f"{rate(written, plan_s + write_s):,.0f} examples/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--per-object", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=5, help="block decode passes (best)")
+    parser.add_argument(
+        "--blocks-only", action="store_true", help="only the block layout (no S3, no publish)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
@@ -114,43 +328,28 @@ def main() -> None:
         started = time.perf_counter()
         plan = plan_publication(spec, source())
         plan_s = time.perf_counter() - started
-        started = time.perf_counter()
-        write_files(spec, plan, source(), work / "written")
-        write_s = time.perf_counter() - started
         written = sum(plan.counts.values())
-        plan_rate, write_rate = rate(args.rows, plan_s), rate(written, write_s)
-        memory_rate = None
-        if Path("/dev/shm").is_dir():  # the same pass into tmpfs: encoding without the disk
-            shm = Path(tempfile.mkdtemp(prefix="bench-shards-", dir="/dev/shm"))
-            try:
-                started = time.perf_counter()
-                write_files(spec, plan, source(), shm)
-                memory_rate = rate(written, time.perf_counter() - started)
-            finally:
-                shutil.rmtree(shm, ignore_errors=True)
+        plan_rate = rate(args.rows, plan_s)
         print(f"\npass 1 (splits, guards, statistics, fingerprint): {plan_rate:,.0f} rows/s")
-        print(
-            f"pass 2 (encode + write WebDataset and LitData):  {write_rate:,.0f} examples/s"
-            "  [target >= 140,000]"
-        )
-        if memory_rate is not None:
-            print(f"pass 2 into tmpfs (/dev/shm, no disk):           {memory_rate:,.0f} examples/s")
-        print(
-            f"both passes:                                      "
-            f"{rate(written, plan_s + write_s):,.0f} examples/s"
-        )
+        if not args.blocks_only:
+            write_example_layout(spec, plan, source, work, plan_s)
 
         parquet = work / "gold.parquet"
         pq.write_table(table.select(spec.source_columns()), parquet)
-        sizes = {
-            "parquet (same columns, snappy)": parquet.stat().st_size / args.rows,
-            "webdataset tar": folder_bytes(work / "written" / "webdataset") / written,
-            "litdata chunks": folder_bytes(work / "written" / "litdata") / written,
-        }
+        sizes = {"parquet (same columns, snappy)": parquet.stat().st_size / args.rows}
+        if not args.blocks_only:
+            sizes["webdataset tar"] = layout_bytes(work / "written", "webdataset") / written
+            sizes["litdata chunks"] = layout_bytes(work / "written", "litdata") / written
+        block_counts = block_layout(spec, plan, source, work, args.repeats)
+        sizes["block webdataset tar"] = layout_bytes(work / "blocks", "webdataset") / written
+        sizes["block litdata chunks"] = layout_bytes(work / "blocks", "litdata") / written
+        assert sum(block_counts.values()) == written
         base = sizes["parquet (same columns, snappy)"]
-        print("\nbytes per example:")
+        print("\nbytes per example:  [block layout target <= 2x parquet]")
         for name, size in sizes.items():
             print(f"  {name:32s} {size:8.1f}  ({size / base:5.1f}x parquet)")
+        if args.blocks_only:
+            return
 
         # --- publication -----------------------------------------------------------------
         local = open_storage(str(work / "lake"))

@@ -11,6 +11,8 @@ the same stage functions.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import date
 from typing import Any
 
@@ -26,6 +28,9 @@ from flows.ingest.postgres import SourceRead, read_source
 from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
 from flows.settings import Settings, load_settings
 from flows.specs import DatasetSpec
+from shards.definition import PublishSpec
+from shards.parts import Part
+from shards.publisher import PartRunner, Plan
 
 TASK_TIMEOUT_S = {"ingest": 1800, "transform": 3600, "shard": 3600}
 
@@ -172,13 +177,45 @@ def transform(
 
 @_retried("shard")
 def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
+    settings = load_settings()
     return stages.shard_stage(
-        load_settings(),
+        settings,
         dataset,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
         progress=get_run_logger().info,
+        run_parts=_part_deployments(dataset) if settings.work_pool else None,
     )
+
+
+def _part_deployments(dataset: str) -> PartRunner:
+    """Run each part of a publication as a ``shard-part/<dataset>`` flow run (its own pod on
+    Kubernetes), all at once; raise unless every one ended Completed."""
+
+    def run(spec: PublishSpec, plan: Plan, parts: list[Part]) -> None:
+        logger = get_run_logger()
+        logger.info("publishing %s in %d part(s), each its own flow run", plan.version, len(parts))
+
+        def one(part: Part) -> str:
+            parameters = {
+                "dataset": dataset,
+                "source": spec.source,
+                "version": plan.version,
+                "part": asdict(part),
+            }
+            return _run_stage_deployment("shard-part", dataset, parameters, {})
+
+        with ThreadPoolExecutor(max_workers=max(1, len(parts))) as pool:
+            list(pool.map(one, parts))
+
+    return run
+
+
+@flow(name="shard-part", log_prints=True)
+def shard_part(dataset: str, source: str, version: str, part: dict[str, Any]) -> dict:
+    """One part of a publication: write and upload the shard groups of an anchor range of
+    ``source`` (the gold relation the shard flow read) for the plan of ``version``."""
+    return stages.shard_part_stage(load_settings(), dataset, source, version, part)
 
 
 @flow(name="shard", log_prints=True)

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         description="Prefect work pool whose deployments run each stage in its own flow run "
         "(a pod on Kubernetes). Unset: the pipeline runs its stages in-process.",
     )
+    publish_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Local processes that write a publication's parts when no work pool "
+        "runs them (each part in its own pod).",
+    )
     home: Path = Field(
         default=Path(".shardyard"),
         description="Local state: the embedded PostgreSQL's data folder and the default lake.",

@@ -22,6 +22,7 @@ from flows.specs import DatasetSpec, PostgresSource, SpecError, load_spec
 
 if TYPE_CHECKING:
     from flows.ingest.postgres import SourceRead
+    from shards.publisher import PartRunner
 
 STAGES = ("ingest", "transform", "shard")
 
@@ -205,8 +206,12 @@ def shard_stage(
     run_id: str | None = None,
     parent_run_id: str | None = None,
     progress: Progress | None = None,
+    run_parts: PartRunner | None = None,
 ) -> Summary:
-    """Split gold, write WebDataset and LitData shards, publish the manifest last."""
+    """Split gold, write WebDataset and LitData shards, publish the manifest last.
+
+    The parts run in local processes, or through ``run_parts`` (each as its own flow run).
+    """
     from flows.governance import prove_deletions
     from flows.publish.publishing import dataset_storage, publish_dataset
     from flows.transform.lineage import gold_lineage
@@ -218,7 +223,9 @@ def shard_stage(
         lineage = gold_lineage(settings, spec)
         # Read gold from the settings' SQLMesh environment (gold__dev in dev, gold in prod).
         publish = spec.publish.model_copy(update={"source": lineage["relation"]})
-        result = publish_dataset(settings, publish, lineage=lineage, progress=progress)
+        result = publish_dataset(
+            settings, publish, lineage=lineage, progress=progress, run_parts=run_parts
+        )
         summary["published"] = {
             "name": result.name,
             "version": result.version,
@@ -226,11 +233,28 @@ def shard_stage(
             "dataset_uri": result.dataset_uri,
             "manifest_uri": result.manifest_uri,
             "counts": result.counts,
+            "groups_written": result.groups_written,
+            "groups_reused": result.groups_reused,
         }
         summary["deletion_reports"] = prove_deletions(
             settings, spec, dataset_storage(settings), result.version
         )
     return summary
+
+
+def shard_part_stage(
+    settings: Settings, dataset: str, source: str, version: str, part: dict[str, Any]
+) -> Summary:
+    """One part of a publication planned by :func:`shard_stage` (``source``: the gold relation
+    it read, in the settings' environment)."""
+    from flows.publish.publishing import write_dataset_part
+
+    spec = load_spec(dataset)
+    if spec.publish is None:
+        raise SpecError(f"dataset {dataset!r} has no publish section")
+    publish = spec.publish.model_copy(update={"source": source})
+    records = write_dataset_part(settings, publish, version, part)
+    return {"version": version, "part": part["index"], "groups": [r["key"] for r in records]}
 
 
 STAGE_FUNCTIONS: dict[str, Callable[..., Summary]] = {

@@ -50,19 +50,17 @@ def read_group_records(storage: Storage, spec: PublishSpec, plan: Plan) -> list[
 
 
 def verify_objects(storage: Storage, spec: PublishSpec, records: list[dict[str, Any]]) -> None:
-    """Every object the records list is in storage with the size they give."""
-    entries = {e["path"]: e["size"] for r in records for fmt in FORMATS for e in r[fmt]}
+    """Every object the records list is in storage with the size they give (one listing)."""
     prefix = dataset_prefix(spec.name)
-
-    def size(path: str) -> int | None:
-        key = f"{prefix}/{path}"
-        return storage.size(key) if storage.exists(key) else None
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        found = dict(zip(entries, pool.map(size, list(entries)), strict=True))
-    for path, expected in entries.items():
-        if found[path] != expected:
-            raise PublishError(f"{path}: {found[path]} bytes in storage, {expected} listed")
+    found = storage.sizes(f"{prefix}/objects/")
+    for record in records:
+        for fmt in FORMATS:
+            for entry in record[fmt]:
+                size = found.get(f"{prefix}/{entry['path']}")
+                if size != entry["size"]:
+                    raise PublishError(
+                        f"{entry['path']}: {size} bytes in storage, {entry['size']} listed"
+                    )
 
 
 def litdata_index(spec: PublishSpec, plan: Plan, chunks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -169,6 +169,12 @@ class PublishSpec(BaseModel):
         "only the objects of the periods it falls in",
     )
     batch_size: int = Field(default=65_536, gt=0, description="Rows per batch read from gold")
+    part_rows: int = Field(
+        default=250_000,
+        gt=0,
+        description="About how many rows one publishing part writes (one pod each with a work "
+        "pool, one local process each without)",
+    )
     max_vocab: int = Field(default=10_000, gt=0, description="Largest category vocabulary")
 
     @field_validator("name")

@@ -19,6 +19,7 @@ no wall-clock time), so the same inputs give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -51,7 +52,9 @@ _CODE_FILES = (
 _ENCODER_FILES = ("encoding.py", "statistics.py", "tar_writer.py", "litdata_writer.py", "blocks.py")
 
 
+@functools.cache
 def _source_digest(names: tuple[str, ...]) -> str:
+    """A digest of the modules' source, taken once per process (the code it runs)."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
     for name in names:
@@ -75,7 +78,7 @@ def version_id(
     *, definition: dict[str, Any], fingerprint: str, rows: int, encoding: str, code: str
 ) -> str:
     """Content hash of the gold snapshot, the split/encoding definitions and the code."""
-    hashed = {key: value for key, value in definition.items() if key != "batch_size"}
+    hashed = {k: v for k, v in definition.items() if k not in ("batch_size", "part_rows")}
     payload = {
         "definition": hashed,
         "gold_fingerprint": fingerprint,

@@ -25,17 +25,16 @@ import pyarrow as pa
 from shards.definition import PublishSpec
 from shards.encoding import EncodedBatch, SampleEncoder
 from shards.fingerprint import ContentFingerprint
-from shards.groups import Group, period_bounds, period_label
+from shards.groups import Group, group_key, period_bounds, period_label
 from shards.litdata_writer import ChunkWriter
 from shards.manifest import file_digest, group_record_key, object_key, object_path
-from shards.planning import Plan, PublishError, SplitChecker, group_runs
+from shards.planning import Plan, PublishError, SplitChecker, encoding_inputs, group_runs
 from shards.storage import Storage
 from shards.tar_writer import ShardFile, TarShardWriter
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-DEFAULT_PART_ROWS = 250_000
 
 
 @dataclass
@@ -63,7 +62,7 @@ def missing_groups(storage: Storage, spec: PublishSpec, plan: Plan) -> list[Grou
     return [group for group, found in zip(plan.groups, present, strict=True) if not found]
 
 
-def cut_parts(groups: list[Group], part_rows: int = DEFAULT_PART_ROWS) -> list[Part]:
+def cut_parts(groups: list[Group], part_rows: int) -> list[Part]:
     """Cut the groups, in period order, into parts of about ``part_rows`` rows.
 
     A period never spans two parts, so each part reads a disjoint anchor range.
@@ -189,7 +188,13 @@ def write_part(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Write the part's groups from ``batches`` (rows outside them are skipped)."""
+    encoding = encoding_inputs(spec, plan.statistics, plan.label_kind)
     wanted = {group.key: group for group in plan.groups if group.key in set(part.groups)}
+    if any(group_key(group, encoding) != key for key, group in wanted.items()):
+        raise PublishError(
+            f"part {part.index}: this code or spec encodes differently from the plan of "
+            f"{plan.version}; run the part with the planner's code and spec"
+        )
     by_cell = {(group.period, group.split): group for group in wanted.values()}
     names = spec.split_names
     checker = SplitChecker(spec, guard=False)

@@ -34,16 +34,18 @@ import pyarrow.compute as pc
 from shards.commit import commit
 from shards.definition import PublishSpec
 from shards.manifest import latest_key, manifest_key, plan_key, version_prefix
-from shards.parts import DEFAULT_PART_ROWS, Part, cut_parts, missing_groups, write_part
+from shards.parts import Part, cut_parts, missing_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
 from shards.storage import Storage
 
-__all__ = ["Plan", "PublishError", "PublishResult", "plan_publication", "publish"]
+__all__ = ["Part", "Plan", "PublishError", "PublishResult", "plan_publication", "publish"]
 
 log = logging.getLogger(__name__)
 
 BatchSource = Callable[[], Iterable[pa.RecordBatch]]
 Progress = Callable[[str], None]
+# Runs the parts somewhere else (each in its own pod): they read the plan from storage.
+PartRunner = Callable[[PublishSpec, Plan, list[Part]], None]
 
 
 @dataclass
@@ -75,6 +77,11 @@ def read_manifest(storage: Storage, name: str, version: str) -> dict[str, Any]:
 
 def write_latest(storage: Storage, name: str, version: str) -> None:
     storage.put_bytes(latest_key(name), f"{version}\n".encode())
+
+
+def read_plan(storage: Storage, name: str, version: str) -> Plan:
+    """The plan a publication of ``version`` wrote for its parts."""
+    return Plan.from_json(storage.get_bytes(plan_key(name, version)))
 
 
 def read_latest(storage: Storage, name: str) -> str | None:
@@ -175,13 +182,17 @@ def publish(
     progress: Progress | None = None,
     workdir: Path | None = None,
     workers: int = 1,
-    part_rows: int = DEFAULT_PART_ROWS,
+    part_rows: int | None = None,
+    run_parts: PartRunner | None = None,
 ) -> PublishResult:
     """Publish ``source`` as ``<storage>/datasets/<name>/<version>`` (see the module doc).
 
     ``source()`` is read once: pass 1 spills its batches (only the spec's columns) to an Arrow
     file in the temporary folder, and the parts read their anchor ranges from there, so every
-    step sees the same snapshot and the database is read once.
+    step sees the same snapshot and the database is read once. With ``run_parts`` the parts
+    run elsewhere instead (reading ``<version>/plan.json`` and their own rows); each part
+    checks its rows against the plan's fingerprints, so a source that changed meanwhile stops
+    the publication.
     """
     timings: dict[str, float] = {}
     if workdir is not None:
@@ -220,15 +231,25 @@ def publish(
         started = time.perf_counter()
         storage.put_bytes(plan_key(spec.name, plan.version), plan.to_json())
         todo = missing_groups(storage, spec, plan)
-        parts = cut_parts(todo, part_rows)
+        parts = cut_parts(todo, part_rows or spec.part_rows)
         _say(
             progress,
             f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
             f"write in {len(parts)} part(s); the others are already in storage",
         )
-        write_parts(
-            spec, plan, parts, spill, storage, workers=workers, workdir=Path(tmp), progress=progress
-        )
+        if run_parts is not None:
+            run_parts(spec, plan, parts)
+        else:
+            write_parts(
+                spec,
+                plan,
+                parts,
+                spill,
+                storage,
+                workers=workers,
+                workdir=Path(tmp),
+                progress=progress,
+            )
         timings["write_s"] = time.perf_counter() - started
     started = time.perf_counter()
     manifest, written = commit(storage, spec, plan, lineage)

@@ -34,6 +34,7 @@ class Storage(Protocol):
     def put_bytes_once(self, key: str, data: bytes) -> bool: ...
     def put_file_once(self, key: str, path: Path) -> bool: ...
     def ages(self, prefix: str = "") -> dict[str, float]: ...
+    def sizes(self, prefix: str = "") -> dict[str, int]: ...
     def delete(self, keys: list[str]) -> None: ...
 
 
@@ -118,6 +119,10 @@ class LocalStorage:
         """Seconds since each key under ``prefix`` was last written."""
         now = time.time()
         return {key: now - self.path(key).stat().st_mtime for key in self.list(prefix)}
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """The size of every key under ``prefix``."""
+        return {key: self.path(key).stat().st_size for key in self.list(prefix)}
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -218,15 +223,24 @@ class S3Storage:
     def put_file_once(self, key: str, path: Path) -> bool:
         return self.put_bytes_once(key, path.read_bytes())
 
+    def _listing(self, prefix: str) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(prefix)):
+            yield from page.get("Contents", [])
+
+    def _relative(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
     def ages(self, prefix: str = "") -> dict[str, float]:
         now = time.time()
-        paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        found = {}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(prefix)):
-            for item in page.get("Contents", []):
-                found[item["Key"][strip:]] = now - item["LastModified"].timestamp()
-        return found
+        return {
+            self._relative(item["Key"]): now - item["LastModified"].timestamp()
+            for item in self._listing(prefix)
+        }
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """The size of every key under ``prefix``, from a listing (1,000 keys a request)."""
+        return {self._relative(item["Key"]): int(item["Size"]) for item in self._listing(prefix)}
 
     def delete(self, keys: list[str]) -> None:
         full = [self.key(k) for k in keys]

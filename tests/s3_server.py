@@ -3,6 +3,7 @@ the requests it serves, by bucket and method, so tests and benchmarks can count 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import Any
@@ -18,11 +19,13 @@ from werkzeug.serving import make_server
 
 class CountingMotoServer(ThreadedMotoServer):
     """``requests[(bucket, method)]`` counts what the server was asked (``PUT`` of an object
-    includes refused conditional puts)."""
+    includes refused conditional puts); ``received[bucket]`` sums the bytes sent with PUTs."""
 
     def __init__(self) -> None:
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.received: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def puts(self, bucket: str) -> int:
@@ -31,8 +34,11 @@ class CountingMotoServer(ThreadedMotoServer):
     def _count(self, app: Any) -> Any:
         def counted(environ: dict[str, Any], start_response: Any) -> Any:
             bucket = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
+            method = environ["REQUEST_METHOD"]
             with self._lock:
-                self.requests[(bucket, environ["REQUEST_METHOD"])] += 1
+                self.requests[(bucket, method)] += 1
+                if method == "PUT":
+                    self.received[bucket] += int(environ.get("CONTENT_LENGTH") or 0)
             return app(environ, start_response)
 
         return counted

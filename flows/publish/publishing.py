@@ -2,7 +2,11 @@
 
 - :func:`publish_dataset` streams the spec's gold relation from PostgreSQL (ADBC, Arrow
   batches, ordered by example id) through :func:`shards.publisher.publish` to
-  ``SHARDYARD_STORAGE_URL``, then records the version in ``meta.datasets``.
+  ``SHARDYARD_STORAGE_URL``, then records the version in ``meta.datasets``. Its parts run in
+  ``SHARDYARD_PUBLISH_WORKERS`` local processes, or through ``run_parts`` (the shard flow
+  passes one that runs each part as a ``shard-part`` deployment, a pod of its own).
+- :func:`write_dataset_part` is one such part: it reads the plan from storage and its own
+  anchor range of gold from PostgreSQL.
 - :func:`list_datasets` / :func:`show_dataset` answer ``shardyard datasets list|show``.
 - :func:`dataset_url` gives trainers the folder to open with :mod:`shards.readers`.
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +29,20 @@ from flows.publish.registry import DatasetRecord, fetch, is_registered, register
 from flows.settings import Settings
 from shards.definition import PublishSpec
 from shards.manifest import manifest_key
+from shards.parts import Part, write_part
 from shards.publisher import (
+    PartRunner,
     Progress,
     PublishResult,
     publish,
     read_latest,
     read_manifest,
+    read_plan,
     write_latest,
 )
 from shards.storage import Storage, open_storage
+
+AnchorRange = tuple[datetime, datetime]
 
 
 def dataset_storage(settings: Settings) -> Storage:
@@ -40,20 +50,32 @@ def dataset_storage(settings: Settings) -> Storage:
     return open_storage(settings.resolved_storage_url, **settings.s3_options())
 
 
-def gold_query(spec: PublishSpec) -> str:
-    """``SELECT <columns> FROM <source> ORDER BY <example_id> COLLATE "C"`` for the spec."""
+def gold_query(spec: PublishSpec, anchors: AnchorRange | None = None) -> str:
+    """``SELECT <columns> FROM <source> [WHERE <anchor> in range] ORDER BY <example_id>
+    COLLATE "C"`` for the spec."""
     schema, _, table = spec.source.rpartition(".")
     relation = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-    query = sql.SQL('SELECT {columns} FROM {relation} ORDER BY {key} COLLATE "C"').format(
+    where = sql.SQL("")
+    if anchors is not None:
+        where = sql.SQL(" WHERE {anchor} >= {start} AND {anchor} < {end}").format(
+            anchor=sql.Identifier(spec.anchor),
+            start=sql.Literal(anchors[0].isoformat()),
+            end=sql.Literal(anchors[1].isoformat()),
+        )
+    query = sql.SQL('SELECT {columns} FROM {relation}{where} ORDER BY {key} COLLATE "C"').format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in spec.source_columns()),
         relation=relation,
+        where=where,
         key=sql.Identifier(spec.example_id),
     )
     return query.as_string()
 
 
-def gold_batches(settings: Settings, spec: PublishSpec) -> Iterator[pa.RecordBatch]:
-    """Stream the spec's gold relation as Arrow record batches of at most ``batch_size`` rows.
+def gold_batches(
+    settings: Settings, spec: PublishSpec, anchors: AnchorRange | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream the spec's gold relation (only anchors in ``[start, end)`` if given) as Arrow
+    record batches of at most ``batch_size`` rows.
 
     ADBC hands over batches of its own size (bounded in bytes); they are sliced, never
     concatenated, so memory stays bounded by the batch.
@@ -61,7 +83,7 @@ def gold_batches(settings: Settings, spec: PublishSpec) -> Iterator[pa.RecordBat
     import adbc_driver_postgresql.dbapi as adbc
 
     with adbc.connect(database_url(settings)) as conn, conn.cursor() as cursor:
-        cursor.execute(gold_query(spec))
+        cursor.execute(gold_query(spec, anchors))
         reader = cursor.fetch_record_batch()
         for batch in reader:
             for start in range(0, batch.num_rows, spec.batch_size):
@@ -75,6 +97,7 @@ def publish_dataset(
     progress: Progress | None = None,
     *,
     workdir: Path | None = None,
+    run_parts: PartRunner | None = None,
 ) -> PublishResult:
     """Publish gold per ``spec``; idempotent (the same inputs give the same version, no-op).
 
@@ -90,6 +113,8 @@ def publish_dataset(
         lineage=lineage,
         progress=progress,
         workdir=workdir if workdir is not None else settings.home / "tmp",
+        workers=settings.publish_workers,
+        run_parts=run_parts,
     )
     with connect(settings) as conn:
         if result.status == "exists" and not is_registered(conn, spec.name, result.version):
@@ -107,6 +132,18 @@ def publish_dataset(
         )
         conn.commit()
     return result
+
+
+def write_dataset_part(
+    settings: Settings, spec: PublishSpec, version: str, part: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One part of a publication whose plan is in storage: read its anchor range of gold,
+    write and upload its groups; returns their records."""
+    storage = dataset_storage(settings)
+    plan = read_plan(storage, spec.name, version)
+    chosen = Part(**part)
+    rows = gold_batches(settings, spec, chosen.anchor_range(spec.shard_period))
+    return write_part(spec, plan, chosen, rows, storage, workdir=settings.home / "tmp")
 
 
 def list_datasets(settings: Settings, name: str | None = None) -> list[DatasetRecord]:
@@ -160,4 +197,5 @@ def summary_lines(result: PublishResult) -> list[str]:
         f"dataset {result.name} version {result.version} ({result.status})",
         f"  at {result.dataset_uri}",
         f"  counts {json.dumps(result.counts)}; {files} files; manifest {result.manifest_uri}",
+        f"  shard groups: {result.groups_written} written, {result.groups_reused} reused",
     ]

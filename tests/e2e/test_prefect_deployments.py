@@ -60,7 +60,7 @@ def test_deployment_runs_from_the_cli_publish_and_backfill_idempotently(
     deployed = prefect_server.cli("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect_server.cli("deployment", "ls")
-    for flow in ("pipeline", "ingest", "transform", "shard"):
+    for flow in ("pipeline", "ingest", "transform", "shard", "shard-part"):
         for dataset in ("flights", "events", "flights_ops"):
             assert f"{flow}/{dataset}" in listed.stdout, listed.stdout
 
@@ -69,9 +69,11 @@ def test_deployment_runs_from_the_cli_publish_and_backfill_idempotently(
 
     runs = asyncio.run(_flow_runs(prefect_server.api_url))
     by_flow = {name: r for name, r in runs}
-    assert set(by_flow) == {"pipeline", "ingest", "transform", "shard"}
+    assert set(by_flow) == {"pipeline", "ingest", "transform", "shard", "shard-part"}
     assert all(r.state.is_completed() for _, r in runs), [(n, r.state.name) for n, r in runs]
-    assert len({r.id for _, r in runs}) == 4  # every stage its own flow run
+    parts = [r for name, r in runs if name == "shard-part"]
+    assert len(parts) >= 2  # the publication fanned out: each part its own flow run
+    assert len({r.id for _, r in runs}) == 4 + len(parts)  # every stage its own flow run
     parent = by_flow["pipeline"].id
     for stage in ("ingest", "transform", "shard"):
         assert by_flow[stage].parent_task_run_id is not None, stage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
@@ -10,7 +11,13 @@ import pyarrow as pa
 import pytest
 
 import shards.publisher
-from flows.publish.publishing import dataset_url, list_datasets, publish_dataset, show_dataset
+from flows.publish.publishing import (
+    dataset_url,
+    list_datasets,
+    publish_dataset,
+    show_dataset,
+    write_dataset_part,
+)
 from flows.settings import Settings
 from shards.definition import GroupSplit, PublishSpec
 from shards.manifest import manifest_files
@@ -43,9 +50,9 @@ def test_publish_writes_both_formats_per_split_then_manifest_latest_and_registry
     counts = manifest["counts"]
     assert counts["train"] + counts["val"] + counts["test"] + counts["excluded"] == len(gold)
     assert min(counts["train"], counts["val"], counts["test"]) > 0
-    version_dir = _lake(settings) / "datasets" / "flights" / result.version
+    dataset_dir = _lake(settings) / "datasets" / "flights"
     for entry in manifest_files(manifest):
-        assert (version_dir / entry["path"]).stat().st_size == entry["size"]
+        assert (dataset_dir / entry["path"]).stat().st_size == entry["size"]
     for split in ("train", "val", "test"):
         files = manifest["splits"][split]
         assert sum(f["samples"] for f in files["webdataset"]["files"]) == counts[split]
@@ -55,7 +62,7 @@ def test_publish_writes_both_formats_per_split_then_manifest_latest_and_registry
     assert manifest["lineage"]["inputs"] == {"ingest_batches": ["b1"]}
     assert manifest["statistics"]["split"] == "train"
     assert [f["name"] for f in manifest["features"]] == spec.feature_names
-    assert any("shard-000000.tar" in m for m in messages)
+    assert any("part 0" in m for m in messages)
 
     [record] = list_datasets(settings)
     assert (record.name, record.version, record.counts) == (
@@ -109,6 +116,26 @@ def test_two_publications_of_the_same_gold_give_byte_identical_files(
     assert second.manifest == first.manifest
 
 
+def test_parts_run_elsewhere_read_the_plan_from_storage_and_write_the_same_files(
+    settings: Settings, gold: pa.Table, spec: PublishSpec, tmp_path: Path
+):
+    """What the shard flow does with a work pool: each part a flow run of its own that reads
+    the plan from storage and its anchor range of gold from PostgreSQL."""
+    ran: list[int] = []
+
+    def run_parts(planned: PublishSpec, plan, parts) -> None:
+        for part in parts:
+            write_dataset_part(settings, planned, plan.version, asdict(part))
+            ran.append(part.index)
+
+    small_parts = spec.model_copy(update={"part_rows": 100})
+    remote = publish_dataset(settings, small_parts, run_parts=run_parts)
+    local = settings.model_copy(update={"storage_url": str(tmp_path / "local-lake")})
+    in_process = publish_dataset(local, small_parts)
+    assert remote.version == in_process.version and len(ran) > 2
+    assert _data_files(_lake(settings)) == _data_files(tmp_path / "local-lake")
+
+
 def test_changed_gold_or_definition_gives_a_new_version(
     settings: Settings, gold: pa.Table, spec: PublishSpec, database_url: str
 ):
@@ -131,7 +158,7 @@ def test_a_crash_before_the_manifest_leaves_nothing_published_and_the_next_run_c
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed before the manifest")
 
-    monkeypatch.setattr(shards.publisher, "write_manifest", crash)
+    monkeypatch.setattr(shards.publisher, "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         publish_dataset(settings, spec)
     datasets = _lake(settings) / "datasets" / "flights"

@@ -1,0 +1,115 @@
+"""Incremental publishing benchmark: a year, then the same year plus one day, on S3.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_publish.py [--rows 336776] [--workers 2]
+
+Synthetic gold in the shape of ``gold.flight_delay_examples`` over 2013 (``--rows`` rows) is
+published to ``s3://`` on a moto server on 127.0.0.1 that counts the PUT requests and the
+bytes they carry:
+
+1. **full**: the year without its last day (2013-12-30), into an empty bucket;
+2. **+1 day**: the whole year, next to it — only the new day's shard group is written;
+3. **full, fan-out**: the whole year into a fresh bucket with ``--workers`` local processes
+   (the baseline for the parts' parallelism, and a check that the files are the same).
+
+Reports seconds, PUTs and bytes of each, and the ratios of (2) to (1) (target <= 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shards.publisher import PublishResult, publish  # noqa: E402
+from shards.storage import S3Storage  # noqa: E402
+from tests.s3_server import CountingMotoServer, start_counting_server  # noqa: E402
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold  # noqa: E402
+
+LAST_DAY = datetime(2013, 12, 30, tzinfo=UTC)
+
+
+def bucket(server: CountingMotoServer, endpoint: str, name: str) -> S3Storage:
+    storage = S3Storage(
+        f"s3://{name}/lake",
+        endpoint_url=endpoint,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+    storage.client.create_bucket(Bucket=name)
+    return storage
+
+
+def measured(server: CountingMotoServer, name: str, run) -> tuple[PublishResult, dict]:
+    puts, sent = server.puts(name), server.received[name]
+    started = time.perf_counter()
+    result = run()
+    return result, {
+        "seconds": time.perf_counter() - started,
+        "puts": server.puts(name) - puts,
+        "bytes": server.received[name] - sent,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=336_776)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    spec = flights_publish_spec()
+    year = synthetic_gold(args.rows, seed=0)
+    anchors = pc.cast(year["anchor_ts"], pa.timestamp("us", tz="UTC"))
+    before = year.filter(pc.less(anchors, pa.scalar(LAST_DAY, anchors.type)))
+    print(
+        f"synthetic gold: {year.num_rows} rows; the last day has {year.num_rows - before.num_rows}"
+    )
+
+    def source(table: pa.Table):
+        return lambda: table.to_batches(max_chunksize=spec.batch_size)
+
+    server, endpoint = start_counting_server()
+    try:
+        storage = bucket(server, endpoint, "incremental")
+        full, full_cost = measured(
+            server, "incremental", lambda: publish(spec, storage, source(before))
+        )
+        day, day_cost = measured(
+            server, "incremental", lambda: publish(spec, storage, source(year))
+        )
+        fanned = bucket(server, endpoint, "fanout")
+        fan, fan_cost = measured(
+            server,
+            "fanout",
+            lambda: publish(spec, fanned, source(year), workers=args.workers, part_rows=50_000),
+        )
+    finally:
+        server.stop()
+    assert day.version == fan.version and day.status == fan.status == "published"
+    assert day.manifest == fan.manifest
+
+    print(f"\n{'publication':34s} {'seconds':>8s} {'PUTs':>6s} {'MB sent':>9s}  groups written")
+    rows = [
+        ("full (year - 1 day)", full_cost, full),
+        ("+1 day (year)", day_cost, day),
+        (f"full, {args.workers} worker processes", fan_cost, fan),
+    ]
+    for name, cost, result in rows:
+        print(
+            f"{name:34s} {cost['seconds']:8.2f} {cost['puts']:6d} {cost['bytes'] / 1e6:9.1f}"
+            f"  {result.groups_written} of {result.groups_written + result.groups_reused}"
+        )
+    print("\n+1 day / full  [target <= 0.10 each]:")
+    for key in ("seconds", "puts", "bytes"):
+        print(f"  {key:8s} {day_cost[key] / full_cost[key]:6.3f}")
+    print(f"  timings of +1 day: {', '.join(f'{k} {v:.2f}s' for k, v in day.timings.items())}")
+
+
+if __name__ == "__main__":
+    main()
