@@ -216,12 +216,50 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print("no published datasets")
         for r in records:
             counts = ", ".join(f"{k} {v:,}" for k, v in r.counts.items())
-            print(f"{r.name:<12} {r.version}  {r.created_at:%Y-%m-%d %H:%M}  {counts}")
+            marks = ("  pinned" if r.pinned else "") + ("  collected" if r.collected_at else "")
+            print(f"{r.name:<12} {r.version}  {r.created_at:%Y-%m-%d %H:%M}  {counts}{marks}")
             print(f"{'':<12} {r.manifest_uri}")
         return 0
     if not args.name:
-        raise SpecError("datasets show needs a dataset name")
+        raise SpecError(f"datasets {args.action} needs a dataset name")
+    if args.action in ("pin", "unpin"):
+        return _pin(settings, args)
+    if args.action == "gc":
+        return _collect_garbage(settings, args)
     print(json.dumps(show_dataset(settings, args.name, args.version), indent=2, default=str))
+    return 0
+
+
+def _pin(settings: Settings, args: argparse.Namespace) -> int:
+    from flows.database import connect
+    from flows.publish.registry import pin
+
+    if not args.version:
+        raise SpecError(f"datasets {args.action} needs --version")
+    with connect(settings) as conn:
+        pin(conn, args.name, args.version, pinned=args.action == "pin")
+        conn.commit()
+    print(f"{args.name} {args.version}: {args.action}ned")
+    return 0
+
+
+def _collect_garbage(settings: Settings, args: argparse.Namespace) -> int:
+    from flows.publish.publishing import collect_garbage
+
+    report = collect_garbage(
+        settings,
+        args.name,
+        keep=args.keep,
+        grace_s=args.grace_hours * 3600,
+        dry_run=args.dry_run,
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{args.name}: kept {', '.join(report.kept) or 'nothing'}")
+    print(
+        f"{args.name}: {verb} {len(report.removed_versions)} version(s) "
+        f"{' '.join(report.removed_versions)}, {len(report.removed_objects)} object(s) "
+        f"({report.freed_bytes / 1e6:.1f} MB), {len(report.removed_records)} group record(s)"
+    )
     return 0
 
 
@@ -264,12 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     datasets = commands.add_parser(
-        "datasets", help="what is published; new: scaffold a dataset from a folder of CSVs"
+        "datasets",
+        help="what is published; new: scaffold a dataset from a folder of CSVs; "
+        "pin/unpin a version; gc: remove old versions and unused objects",
     )
-    datasets.add_argument("action", choices=["list", "show", "new"])
+    datasets.add_argument("action", choices=["list", "show", "new", "pin", "unpin", "gc"])
     datasets.add_argument("name", nargs="?")
     datasets.add_argument("--version", help="a version id (default: LATEST)")
     datasets.add_argument("--csv", help="new: a folder of CSV files, one per table")
+    datasets.add_argument(
+        "--keep", type=int, default=3, help="gc: keep this many newest versions (and pinned ones)"
+    )
+    datasets.add_argument(
+        "--grace-hours",
+        type=float,
+        default=1.0,
+        help="gc: never remove an object written less than this long ago",
+    )
+    datasets.add_argument("--dry-run", action="store_true", help="gc: only say what would go")
     datasets.set_defaults(func=cmd_datasets)
 
     forget = commands.add_parser(

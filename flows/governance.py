@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from flows.database import connect
 from flows.meta import DELETION_REQUESTS, INGEST_BATCHES, ensure_meta_table, relation
 from flows.settings import Settings
 from flows.specs import DatasetSpec, SpecError, load_spec
+from shards.blocks import decode_blocks
 from shards.manifest import manifest_key
 from shards.readers import iter_tar_samples
 from shards.storage import Storage
@@ -123,11 +125,24 @@ def holds(storage: Storage, dataset: str, version: str, column: str, value: str)
     for split in manifest["splits"].values():
         for entry in split["webdataset"]["files"]:
             stream = storage.open(f"datasets/{dataset}/{entry['path']}")
-            for sample in iter_tar_samples(stream):
-                if str(json.loads(sample["json"]).get(field)) == value:
-                    stream.close()
+            try:
+                if any(str(meta.get(field)) == value for meta in _metadata(stream, manifest)):
                     return True
+            finally:
+                stream.close()
     return False
+
+
+def _metadata(stream: Any, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each example's metadata in one WebDataset object, in either layout."""
+    samples = iter_tar_samples(stream)
+    if manifest.get("layout") != "block":
+        for sample in samples:
+            yield json.loads(sample["json"])
+        return
+    for block in decode_blocks(samples):
+        for text in block.meta.to_pylist():
+            yield json.loads(text)
 
 
 def _mark_proven(settings: Settings, request: int, held: list[str], report_uri: str) -> None:

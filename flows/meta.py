@@ -115,6 +115,8 @@ DATASETS = MetaTable(
         _column("gold_fingerprint", "text", "NOT NULL"),
         _column("code_version", "text", "NOT NULL"),
         _column("lineage", "jsonb", "NOT NULL"),
+        _column("pinned", "boolean", "NOT NULL DEFAULT false"),
+        _column("collected_at", "timestamptz"),
     ),
     constraints=("PRIMARY KEY (name, version)",),
 )

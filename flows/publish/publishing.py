@@ -25,9 +25,18 @@ import pyarrow as pa
 from psycopg import sql
 
 from flows.database import connect, database_url
-from flows.publish.registry import DatasetRecord, fetch, is_registered, register
+from flows.publish.registry import (
+    DatasetRecord,
+    fetch,
+    is_registered,
+    mark_collected,
+    register,
+    retained,
+)
 from flows.settings import Settings
 from shards.definition import PublishSpec
+from shards.gc import DEFAULT_GRACE_S, GarbageReport
+from shards.gc import collect_garbage as collect
 from shards.manifest import manifest_key
 from shards.parts import Part, write_part
 from shards.publisher import (
@@ -144,6 +153,28 @@ def write_dataset_part(
     chosen = Part(**part)
     rows = gold_batches(settings, spec, chosen.anchor_range(spec.shard_period))
     return write_part(spec, plan, chosen, rows, storage, workdir=settings.home / "tmp")
+
+
+def collect_garbage(
+    settings: Settings,
+    name: str,
+    *,
+    keep: int = 3,
+    grace_s: float = DEFAULT_GRACE_S,
+    dry_run: bool = False,
+) -> GarbageReport:
+    """Remove the versions of ``name`` that are neither among the ``keep`` newest registered
+    ones nor pinned (``LATEST`` always stays), then the objects no kept version uses."""
+    storage = dataset_storage(settings)
+    with connect(settings) as conn:
+        keep_versions = retained(conn, name, keep)
+        conn.commit()
+    report = collect(storage, name, keep_versions, grace_s=grace_s, dry_run=dry_run)
+    if not dry_run and report.removed_versions:
+        with connect(settings) as conn:
+            mark_collected(conn, name, report.removed_versions)
+            conn.commit()
+    return report
 
 
 def list_datasets(settings: Settings, name: str | None = None) -> list[DatasetRecord]:

@@ -1,7 +1,8 @@
 """The dataset registry: one row per published dataset version in ``meta.datasets``.
 
 The row is written after the version's manifest and ``LATEST``; it is what
-``shardyard datasets list`` shows. The table is created on first use.
+``shardyard datasets list`` shows. A pinned version is never garbage-collected; a collected
+one keeps its row with ``collected_at`` set. The table is created on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class DatasetRecord:
     gold_fingerprint: str
     code_version: str
     lineage: dict[str, Any]
+    pinned: bool = False
+    collected_at: datetime | None = None
 
 
 def ensure_registry(conn: psycopg.Connection) -> None:
@@ -93,6 +96,31 @@ def fetch(
         params.append(version)
     query = sql.SQL(
         "SELECT name, version, created_at, counts, manifest_uri, dataset_uri, gold_fingerprint, "
-        "code_version, lineage FROM {} WHERE {} ORDER BY created_at DESC, name, version"
+        "code_version, lineage, pinned, collected_at FROM {} WHERE {} "
+        "ORDER BY created_at DESC, name, version"
     ).format(relation(DATASETS), sql.SQL(" AND ").join(filters))
     return [DatasetRecord(*row) for row in conn.execute(query, params).fetchall()]
+
+
+def pin(conn: psycopg.Connection, name: str, version: str, pinned: bool = True) -> None:
+    """Pin (or unpin) a registered version: garbage collection keeps a pinned version."""
+    ensure_registry(conn)
+    query = sql.SQL("UPDATE {} SET pinned = %s WHERE name = %s AND version = %s").format(
+        relation(DATASETS)
+    )
+    if conn.execute(query, (pinned, name, version)).rowcount != 1:
+        raise LookupError(f"dataset {name!r} has no registered version {version!r}")
+
+
+def retained(conn: psycopg.Connection, name: str, keep: int) -> set[str]:
+    """The versions garbage collection keeps: the ``keep`` newest not yet collected, and every
+    pinned one."""
+    rows = [r for r in fetch(conn, name) if r.collected_at is None]
+    return {r.version for r in rows[:keep]} | {r.version for r in rows if r.pinned}
+
+
+def mark_collected(conn: psycopg.Connection, name: str, versions: list[str]) -> None:
+    query = sql.SQL(
+        "UPDATE {} SET collected_at = now() WHERE name = %s AND version = ANY(%s)"
+    ).format(relation(DATASETS))
+    conn.execute(query, (name, versions))

@@ -250,3 +250,37 @@ def test_an_empty_split_is_published_without_files_and_reads_back_empty(tmp_path
     assert test["count"] == 0 and test["webdataset"]["files"] == test["litdata"]["files"] == []
     assert list(open_webdataset(result.dataset_uri, "test")) == []
     assert list(open_litdata(result.dataset_uri, "test")) == []
+
+
+def test_gc_from_the_cli_keeps_the_newest_and_the_pinned_versions_and_marks_the_rest(
+    settings: Settings,
+    gold: pa.Table,
+    spec: PublishSpec,
+    capsys: pytest.CaptureFixture,
+):
+    from flows import cli
+
+    versions = []
+    for vocabulary in (1, 2, 3):  # three versions with different encodings: few shared objects
+        versions.append(
+            publish_dataset(settings, spec.model_copy(update={"max_vocab": vocabulary})).version
+        )
+    assert cli.main(["datasets", "pin", "flights", "--version", versions[0]]) == 0
+    assert cli.main(["datasets", "gc", "flights", "--keep", "1", "--grace-hours", "0"]) == 0
+    said = capsys.readouterr().out
+    assert f"removed 1 version(s) {versions[1]}" in said
+
+    records = {r.version: r for r in list_datasets(settings)}
+    assert records[versions[0]].pinned and records[versions[0]].collected_at is None
+    assert records[versions[1]].collected_at is not None
+    assert records[versions[2]].collected_at is None
+    datasets = _lake(settings) / "datasets" / "flights"
+    assert not (datasets / versions[1]).exists()
+    for kept in (versions[0], versions[2]):
+        manifest = json.loads((datasets / kept / "manifest.json").read_text())
+        for entry in manifest_files(manifest):
+            assert (datasets / entry["path"]).stat().st_size == entry["size"]
+        assert (
+            len(list(open_webdataset(dataset_url(settings, "flights", kept), "val")))
+            == (manifest["counts"]["val"])
+        )
