@@ -2,26 +2,53 @@
 
 ``dataset_url`` is a version folder (``<storage>/datasets/<name>/<version>``); use
 :func:`resolve_dataset_url` to get it from the storage URL and dataset name (``LATEST`` when no
-version is given). Both readers split the work by rank and by DataLoader worker:
+version is given). Both readers split the work by rank and by DataLoader worker with
+:mod:`shards.distributed`, so that a DDP job cannot hang at the end of an epoch:
 
-- :func:`open_webdataset` — a ``webdataset`` pipeline over the split's shards (listed in the
-  manifest), yielding ``(features, label)`` or dicts; ``s3://`` shards stream through boto3.
-- :func:`open_litdata` — a ``litdata.StreamingDataset`` over the split's chunks; plain-HTTP
-  S3 endpoints (MinIO in a cluster, test servers) are handled (see :func:`_allow_http`).
+- :func:`open_webdataset` — a torch ``IterableDataset`` over the split's shards (listed in the
+  manifest with their sample counts), yielding ``(features, label)`` or dicts; ``s3://``
+  shards stream through boto3.
+- :func:`open_litdata` — a ``litdata.StreamingDataset`` over the split's chunks whose
+  rank/worker assignment is replaced by the same one; plain-HTTP S3 endpoints (MinIO in a
+  cluster, test servers) are handled (see :func:`_allow_http`).
+
+Guarantees, per epoch, for ``world_size`` ranks (``torch.distributed`` if initialised, else
+``RANK``/``WORLD_SIZE`` as ``torchrun`` sets them, else one process) with the same number of
+DataLoader workers each:
+
+- every sample is read by at most one (rank, worker); the only ones left out are the last
+  ``count % world_size`` (< ``world_size``) of the epoch's order, different ones each epoch
+  when shuffling; nothing is dropped in a single process;
+- DataLoader worker ``w`` reads the same number of samples on every rank, hence every rank
+  gets the same number of batches for any ``batch_size``, ``num_workers`` and ``drop_last``
+  (with an IterableDataset each worker forms its own batches; see
+  :func:`shards.distributed.batches_per_rank`);
+- with shuffling, the order depends on ``seed`` and the epoch given to ``set_epoch`` (call it
+  before each epoch, as with ``DistributedSampler``): epochs differ, reruns repeat. Workers
+  copy the dataset when they start, so with ``persistent_workers=True`` they keep the epoch
+  they started with.
 
 torch, webdataset and litdata are imported only when a reader is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any
 
 import numpy as np
 
+from shards import distributed
+from shards.distributed import Span
 from shards.manifest import LATEST_NAME, MANIFEST_NAME
 from shards.storage import is_s3_url, open_storage
+
+SHUFFLE_EXAMPLES = 65_536  # open_litdata's shuffle buffer in the block layout
 
 
 def resolve_dataset_url(
@@ -116,7 +143,7 @@ def iter_tar_samples(stream: Any, url: str = "", block: int = 8 << 20) -> Iterat
 
 
 class _ShardOpener:
-    """Pipeline stage: ``{"url": ...}`` -> the shard's samples (boto3 for ``s3://``)."""
+    """Opens shards as byte streams (local files, or boto3 for ``s3://``)."""
 
     def __init__(self, s3_options: dict[str, Any]):
         self.s3_options = {k: v for k, v in s3_options.items() if v is not None}
@@ -133,24 +160,182 @@ class _ShardOpener:
     def __getstate__(self) -> dict[str, Any]:
         return {"s3_options": self.s3_options, "_client": None}
 
-    def __call__(self, sources: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def open(self, url: str) -> Any:
         from shards.storage import split_s3_url
 
-        for source in sources:
-            url = source["url"]
-            if is_s3_url(url):
-                bucket, key = split_s3_url(url)
-                stream = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
-            else:
-                stream = open(url, "rb")  # noqa: SIM115 - closed by the tar expander
-            yield from iter_tar_samples(stream, url)
+        if is_s3_url(url):
+            bucket, key = split_s3_url(url)
+            return self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+        return open(url, "rb")  # noqa: SIM115 - closed by iter_tar_samples
 
 
 def shard_urls(dataset_url: str, manifest: dict[str, Any], split: str, fmt: str) -> list[str]:
+    """The URLs of a split's files in ``fmt`` (``webdataset``/``litdata``), in manifest order.
+
+    The one place that turns manifest paths into URLs (litdata's list ends with its
+    ``index.json``). Paths are relative to the version folder in manifest version 1 and to
+    the dataset folder (``datasets/<name>/``, the version folder's parent) from version 2.
+    """
     if split not in manifest["splits"]:
         raise KeyError(f"no split {split!r}; the dataset has {sorted(manifest['splits'])}")
     root = dataset_url.rstrip("/")
+    if manifest.get("manifest_version", 1) >= 2:
+        root = dataset_root(root)
     return [f"{root}/{entry['path']}" for entry in manifest["splits"][split][fmt]["files"]]
+
+
+def shard_units(manifest: dict[str, Any], split: str, fmt: str) -> list[int | None]:
+    """Samples per file of a split (``None`` for litdata's ``index.json``), aligned with
+    :func:`shard_urls`."""
+    return [entry["samples"] for entry in manifest["splits"][split][fmt]["files"]]
+
+
+def _require_example_layout(manifest: dict[str, Any], dataset_url: str) -> None:
+    """These readers decode one example per sample/item (the ``example`` layout)."""
+    layout = manifest.get("layout", "example")
+    if layout != "example":
+        raise NotImplementedError(
+            f"{dataset_url} has the {layout!r} layout; these readers read the 'example' layout"
+        )
+
+
+def distributed_env() -> tuple[int, int] | None:
+    """``(rank, world_size)`` of this process: ``torch.distributed`` when it is initialised,
+    else the ``RANK``/``WORLD_SIZE`` variables ``torchrun`` sets, else ``None``."""
+    import os
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def worker_env() -> tuple[int, int]:
+    """``(worker id, number of workers)`` of the current DataLoader worker; ``(0, 1)`` in
+    the main process."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _EpochAssignment:
+    """Rank/worker/epoch state shared by the reader datasets (see :mod:`shards.distributed`).
+
+    The rank and world size are taken when the dataset is created (:func:`distributed_env`);
+    if nothing was found then, they are looked up again when it is iterated (a DataLoader
+    worker forked after ``init_process_group`` sees the process group). Without either, the
+    process reads the whole split (rank 0 of 1).
+    """
+
+    seed: int
+    shuffle: bool
+    epoch: int
+
+    def _init_assignment(self, *, seed: int, shuffle: bool) -> None:
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self._env = distributed_env()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s file order and shuffle seeds (call it before each epoch, like
+        ``DistributedSampler.set_epoch``; with ``persistent_workers=True`` the workers keep
+        the epoch they started with)."""
+        self.epoch = int(epoch)
+
+    def rank_and_world(self) -> tuple[int, int]:
+        return self._env or distributed_env() or (0, 1)
+
+
+def _read_span(opener: _ShardOpener, url: str, span: Span, units: int) -> Iterator[dict]:
+    """The samples ``[span.start, span.stop)`` of one shard (headers of those before are
+    parsed and skipped; the stream is closed at ``span.stop``)."""
+    seen = 0
+    with closing(iter_tar_samples(opener.open(url), url)) as samples:
+        for sample in samples:
+            if seen >= span.start:
+                yield sample
+            seen += 1
+            if seen == span.stop:
+                return
+    raise ValueError(f"{url}: {seen} samples, but the manifest lists {units}")
+
+
+def _buffer_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """A shuffle buffer of ``size`` samples (every sample comes out exactly once)."""
+    buffer: list[Any] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        index = int(rng.random() * size)
+        buffer[index], sample = sample, buffer[index]
+        yield sample
+    while buffer:
+        index = int(rng.random() * len(buffer))
+        buffer[index], buffer[-1] = buffer[-1], buffer[index]
+        yield buffer.pop()
+
+
+class _TarSpans(_EpochAssignment):
+    """The logic of :class:`ShardedWebDataset` (which adds torch's ``IterableDataset``)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        units: list[int],
+        *,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        as_tuple: bool = True,
+        s3_options: dict[str, Any] | None = None,
+    ):
+        if len(urls) != len(units):
+            raise ValueError(f"{len(urls)} shard URLs but {len(units)} sample counts")
+        self.urls = list(urls)
+        self.units = [int(u) for u in units]
+        self.shuffle_buffer = shuffle_buffer
+        self.as_tuple = as_tuple
+        self.opener = _ShardOpener(s3_options or {})
+        self._init_assignment(seed=seed, shuffle=shuffle_buffer > 0)
+
+    def samples_per_rank(self) -> int:
+        """Samples each rank reads per epoch (``total // world_size``)."""
+        return distributed.rank_units(sum(self.units), self.rank_and_world()[1])
+
+    def spans(self, worker: int = 0, num_workers: int = 1) -> list[Span]:
+        """What ``worker`` of ``num_workers`` on this rank reads in the current epoch."""
+        rank, world = self.rank_and_world()
+        return distributed.assign(
+            self.units,
+            rank=rank,
+            world_size=world,
+            worker=worker,
+            num_workers=num_workers,
+            epoch=self.epoch,
+            seed=self.seed,
+            shuffle=self.shuffle,
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        worker, num_workers = worker_env()
+        spans = self.spans(worker, num_workers)
+        samples: Iterator[dict] = (
+            sample
+            for span in spans
+            for sample in _read_span(self.opener, self.urls[span.file], span, self.units[span.file])
+        )
+        if self.shuffle_buffer > 0:
+            rank, _ = self.rank_and_world()
+            key = distributed.stream_seed(self.seed, self.epoch, rank, worker)
+            samples = _buffer_shuffle(samples, self.shuffle_buffer, random.Random(key))
+        for sample in samples:
+            decoded = decode_sample(sample)
+            yield _as_tuple(decoded) if self.as_tuple else decoded
 
 
 def open_webdataset(
@@ -160,39 +345,51 @@ def open_webdataset(
     shuffle_buffer: int = 0,
     seed: int = 0,
     as_tuple: bool = True,
+    batch_size: int = 1024,
+    drop_last: bool = False,
     **s3_options: Any,
 ) -> Any:
-    """An ``IterableDataset`` over one split's WebDataset shards.
+    """An ``IterableDataset`` (:class:`ShardedWebDataset`) over one split's WebDataset shards.
 
-    Shards are split across ranks (``torch.distributed``) and DataLoader workers; with
-    ``shuffle_buffer > 0`` the shard order and samples are shuffled (seeded). Yields
-    ``(features float32[F], label)`` tuples, or dicts with ``key``/``features``/``label``/
-    ``meta`` when ``as_tuple=False``.
+    Every rank (``torch.distributed``, or ``RANK``/``WORLD_SIZE`` under ``torchrun``) and every
+    DataLoader worker reads its own consecutive range of the split's samples, as
+    :mod:`shards.distributed` assigns them from the manifest's per-shard sample counts: in an
+    epoch each sample is read by at most one (rank, worker), worker ``w`` reads the same
+    number of samples on every rank (so every rank gets the same number of batches, for any
+    ``batch_size``/``num_workers``/``drop_last``), and only the last ``count % world_size``
+    samples of the epoch's order are left out (none in a single process).
+
+    With ``shuffle_buffer > 0`` the shard order is a permutation seeded by ``(seed, epoch)``
+    and each worker shuffles its samples through a buffer of that many samples, seeded by
+    ``(seed, epoch, rank, worker)``; call ``dataset.set_epoch(epoch)`` before each epoch.
+    Without it, samples come in split order (in a single process with no workers, exactly the
+    published order). Yields ``(features float32[F], label)`` tuples, or dicts with
+    ``key``/``features``/``label``/``meta`` when ``as_tuple=False``.
+
+    A dataset in the block layout yields whole batches of ``batch_size`` examples instead
+    (:mod:`shards.block_readers`; use ``DataLoader(dataset, batch_size=None)``): torch tensors
+    ``(features float32 [B, F], labels [B])``, or dicts with ``ids``/``features``/``labels``/
+    ``meta`` when ``as_tuple=False``; the balancing above then holds example by example.
     """
-    import webdataset as wds
-
     manifest = load_manifest(dataset_url, **s3_options)
     urls = shard_urls(dataset_url, manifest, split, "webdataset")
-    if not urls:  # an empty split (possible with group or hash splits of small data)
-        return wds.DataPipeline(_no_samples)
-    stages: list[Any] = [wds.SimpleShardList(urls)]
-    if shuffle_buffer:
-        stages.append(wds.filters.shuffle(len(urls), seed=seed))
-    stages += [
-        wds.split_by_node,
-        wds.split_by_worker,
-        _ShardOpener(s3_options),
-    ]
-    if shuffle_buffer:
-        stages.append(wds.filters.shuffle(shuffle_buffer, seed=seed))
-    stages.append(wds.filters.map(decode_sample))
-    if as_tuple:
-        stages.append(wds.filters.map(_as_tuple))
-    return wds.DataPipeline(*stages)
-
-
-def _no_samples() -> Iterator[Any]:
-    return iter(())
+    units = [int(u or 0) for u in shard_units(manifest, split, "webdataset")]
+    if manifest.get("layout") == "block":
+        return _torch_class("TarBlockDataset")(
+            urls,
+            units,
+            _ShardOpener(s3_options),
+            **_block_options(manifest, batch_size, shuffle_buffer, seed, as_tuple, drop_last),
+        )
+    _require_example_layout(manifest, dataset_url)
+    return _torch_class("ShardedWebDataset")(
+        urls,
+        units,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        as_tuple=as_tuple,
+        s3_options=s3_options,
+    )
 
 
 def _as_tuple(sample: dict[str, Any]) -> tuple[np.ndarray, Any]:
@@ -239,6 +436,54 @@ def _allow_http() -> None:
     dl.register_downloader("s3://", HttpAwareS3Downloader, overwrite=True)
 
 
+def dataset_root(dataset_url: str) -> str:
+    """``datasets/<name>`` of a version URL: where the manifest's paths start (version 2)."""
+    return dataset_url.rstrip("/").rpartition("/")[0]
+
+
+def litdata_input_dir(
+    dataset_url: str,
+    manifest: dict[str, Any],
+    split: str,
+    cache_dir: str | None = None,
+    **s3_options: Any,
+) -> Any:
+    """What litdata reads a split from (the one place that builds it).
+
+    A version's chunks are shared objects under ``datasets/<name>/objects/`` and its index of
+    the split is ``<version>/litdata/<split>/index.json``, so litdata gets a local folder (under
+    ``cache_dir``, default the system's temporary folder) holding that index: for ``s3://`` a
+    ``litdata.streaming.resolver.Dir`` whose URL is the objects folder (litdata downloads the
+    chunks it needs into the local folder), for a local dataset the folder with links to the
+    chunk files (read in place).
+    """
+    import tempfile
+    from pathlib import Path
+
+    if manifest.get("manifest_version", 1) < 2:
+        return f"{dataset_url.rstrip('/')}/litdata/{split}"
+    [index] = [e for e in manifest["splits"][split]["litdata"]["files"] if e["samples"] is None]
+    root = dataset_root(dataset_url)
+    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "shardyard-litdata"
+    local = base / manifest["dataset"] / manifest["version"] / split
+    local.mkdir(parents=True, exist_ok=True)
+    data = open_storage(root, **s3_options).get_bytes(index["path"])
+    if not (local / "index.json").exists():
+        staged = local / f".index-{os.getpid()}.json"
+        staged.write_bytes(data)
+        os.replace(staged, local / "index.json")
+    if is_s3_url(root):
+        from litdata.streaming.resolver import Dir
+
+        return Dir(path=str(local), url=f"{root}/objects")
+    for chunk in json.loads(data)["chunks"]:
+        link = local / chunk["filename"]
+        if not link.exists():
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(Path(root) / "objects" / chunk["filename"])
+    return str(local)
+
+
 def open_litdata(
     dataset_url: str,
     split: str,
@@ -248,36 +493,228 @@ def open_litdata(
     cache_dir: str | None = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
     dataset_options: dict[str, Any] | None = None,
+    batch_size: int = 1024,
+    drop_last: bool = False,
+    as_tuple: bool = True,
     **s3_options: Any,
 ) -> Any:
-    """A ``litdata.StreamingDataset`` over one split's chunks (ranks/workers split by litdata).
+    """A ``litdata.StreamingDataset`` (:class:`BalancedStreamingDataset`) over one split's chunks.
+
+    litdata downloads, caches and decodes the chunks, but which items each rank and DataLoader
+    worker reads is decided by :mod:`shards.distributed` over the chunks' item counts, exactly
+    as :func:`open_webdataset` does over shards: per epoch every item is read by at most one
+    (rank, worker), worker ``w`` reads the same number of items on every rank (equal batches
+    per rank for any ``batch_size``/``num_workers``/``drop_last``), and only the last
+    ``count % world_size`` items of the epoch's order are left out (none in one process).
+    With ``shuffle=True`` the chunk order is a permutation seeded by ``(seed, epoch)`` and the
+    items of each chunk are permuted (seeded by ``seed``, epoch and chunk); call
+    ``dataset.set_epoch(epoch)`` before each epoch. (litdata's own assignment is not used: it
+    is equal per worker only with its default shuffle, and with ``shuffle=True`` on a
+    parallel file system (NFS, Lustre, ...) it gives whole chunks to workers and ranks can
+    get different numbers of items; it also takes the rank from ``GLOBAL_RANK``, which
+    ``torchrun`` does not set, so a dataset created before ``init_process_group`` read the
+    same half on every rank.)
 
     Items are ``{"features": float32[F], "label": int|float, "meta": str JSON}``; pass
     ``transform`` to map them (e.g. :func:`litdata_tuple`). ``s3_options`` are boto3 client
     options (``endpoint_url``, ``region_name``, ``aws_access_key_id``, ...), as
-    ``Settings.s3_options()`` gives them.
-    """
-    from litdata import StreamingDataset
+    ``Settings.s3_options()`` gives them. An empty split gives ``[]``.
 
+    A dataset in the block layout yields batches of ``batch_size`` examples (tensors, or dicts
+    with ``as_tuple=False``, as :func:`open_webdataset` does; ``transform`` and
+    ``dataset_options`` do not apply): blocks
+    are read by index through a ``litdata.StreamingDataset``, examples assigned to ranks and
+    workers by :mod:`shards.distributed`, shuffled with ``shuffle=True`` through a buffer of
+    :data:`SHUFFLE_EXAMPLES` examples.
+    """
     manifest = load_manifest(dataset_url, **s3_options)
     if not shard_urls(dataset_url, manifest, split, "litdata"):
         return []  # an empty split has no chunks and no index.json
-    input_dir = f"{dataset_url.rstrip('/')}/litdata/{split}"
+    input_dir = litdata_input_dir(dataset_url, manifest, split, cache_dir, **s3_options)
     storage_options: dict[str, Any] = {}
-    if is_s3_url(input_dir):
+    if is_s3_url(dataset_url):
         _allow_http()
         storage_options = {k: v for k, v in s3_options.items() if v is not None}
-    return StreamingDataset(
+    if manifest.get("layout") == "block":
+        from litdata import StreamingDataset
+
+        chunks = [e for e in manifest["splits"][split]["litdata"]["files"] if e["samples"]]
+        return _torch_class("LitDataBlockDataset")(
+            StreamingDataset(input_dir=input_dir, storage_options=storage_options),
+            [e["items"] for e in chunks],
+            [e["samples"] for e in chunks],
+            **_block_options(
+                manifest, batch_size, SHUFFLE_EXAMPLES * shuffle, seed, as_tuple, drop_last
+            ),
+        )
+    _require_example_layout(manifest, dataset_url)
+    return _torch_class("BalancedStreamingDataset")(
         input_dir=input_dir,
         shuffle=shuffle,
         seed=seed,
-        cache_dir=cache_dir,
+        cache_dir=None if manifest.get("manifest_version", 1) >= 2 else cache_dir,
         storage_options=storage_options,
         transform=transform,
         **(dataset_options or {}),
     )
 
 
+def _block_options(
+    manifest: dict[str, Any],
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    as_tuple: bool,
+    drop_last: bool,
+) -> dict[str, Any]:
+    return {
+        "block_rows": manifest["encoding"]["block_rows"],
+        "batch_size": batch_size,
+        "shuffle_buffer": shuffle_buffer,
+        "seed": seed,
+        "as_tuple": as_tuple,
+        "drop_last": drop_last,
+        "env": distributed_env(),
+    }
+
+
 def litdata_tuple(item: dict[str, Any]) -> tuple[np.ndarray, Any]:
     """A ``transform`` for :func:`open_litdata` that yields ``(features, label)``."""
     return item["features"], item["label"]
+
+
+def _define_sharded_webdataset() -> type:
+    from torch.utils.data import IterableDataset
+
+    class ShardedWebDataset(_TarSpans, IterableDataset):
+        """torch ``IterableDataset`` over WebDataset shards, split by rank and worker
+        (:func:`open_webdataset`)."""
+
+    return ShardedWebDataset
+
+
+def _define_span_shuffle() -> type:
+    from litdata.streaming.shuffle import Shuffle
+
+    class SpanShuffle(Shuffle):
+        """litdata ``Shuffle`` whose chunk/item assignment is :func:`shards.distributed.assign`
+        over the chunks' item counts (units = items; chunk order permuted with ``shuffle``)."""
+
+        def __init__(self, cache: Any, seed: int, drop_last: bool, shuffle: bool):
+            super().__init__(cache, seed, drop_last)
+            self.shuffle = shuffle
+
+        def get_chunks_and_intervals_per_workers(
+            self, distributed_env: Any, num_workers: int, batch_size: int, current_epoch: int
+        ) -> tuple[list[list[int]], list[list[list[int]]]]:
+            intervals = self.cache.get_chunk_intervals()
+            units = [int(roi_end - roi_start) for _, roi_start, roi_end, _ in intervals]
+            plan = distributed.assign_all(
+                units,
+                world_size=distributed_env.world_size,
+                num_workers=num_workers,
+                epoch=current_epoch,
+                seed=self.seed,
+                shuffle=self.shuffle,
+            )
+            chunks: list[list[int]] = []
+            worker_intervals: list[list[list[int]]] = []
+            for per_rank in plan:
+                for spans in per_rank:
+                    chunks.append([span.file for span in spans])
+                    worker_intervals.append([_chunk_interval(intervals[s.file], s) for s in spans])
+            return chunks, worker_intervals
+
+        def __call__(
+            self, array: np.ndarray, num_chunks: int, current_epoch: int, chunk_index: int
+        ) -> list[int]:
+            if not self.shuffle:
+                return array.tolist()
+            key = [self.seed & 0xFFFFFFFF, current_epoch & 0xFFFFFFFF, chunk_index]
+            return np.random.RandomState(key).permutation(array).tolist()
+
+    return SpanShuffle
+
+
+def _chunk_interval(interval: Any, span: Span) -> list[int]:
+    """litdata's ``[chunk_start, roi_start, roi_end, chunk_end]`` for a span of a chunk."""
+    chunk_start, roi_start, _, chunk_end = (int(v) for v in interval)
+    return [chunk_start, roi_start + span.start, roi_start + span.stop, chunk_end]
+
+
+def _define_balanced_streaming_dataset() -> type:
+    from litdata import StreamingDataset
+    from litdata.utilities.env import _DistributedEnv
+
+    class BalancedStreamingDataset(StreamingDataset):
+        """``litdata.StreamingDataset`` whose ranks and workers read what
+        :mod:`shards.distributed` assigns (:func:`open_litdata`); the rank and world size are
+        :func:`distributed_env`'s, as for :class:`ShardedWebDataset`."""
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._env = distributed_env()
+            self._use_env(self._env)
+
+        def _use_env(self, env: tuple[int, int] | None) -> None:
+            if env is None:
+                return
+            rank, world = env
+            nodes = self.distributed_env.num_nodes
+            nodes = nodes if nodes >= 1 and world % nodes == 0 else 1
+            if (self.distributed_env.global_rank, self.distributed_env.world_size) != env:
+                self.distributed_env = _DistributedEnv(world, rank, nodes)
+                self.shuffler = None
+
+        def _create_shuffler(self, cache: Any) -> Any:
+            state = self._state_dict or {}
+            seed = state.get("seed", self.seed)
+            drop_last = state.get("drop_last", self.drop_last)
+            return _torch_class("SpanShuffle")(cache, seed, drop_last, self.shuffle)
+
+        def __iter__(self) -> Any:
+            if self._env is None:
+                self._use_env(distributed_env())
+            return super().__iter__()
+
+    return BalancedStreamingDataset
+
+
+def _define_block_dataset(base_name: str) -> Callable[[], type]:
+    def define() -> type:
+        from torch.utils.data import IterableDataset
+
+        from shards import block_readers
+
+        base = getattr(block_readers, base_name)
+        return type(base_name.replace("Spans", "Dataset"), (base, IterableDataset), {})
+
+    return define
+
+
+_TORCH_CLASSES: dict[str, Callable[[], type]] = {
+    "TarBlockDataset": _define_block_dataset("TarBlockSpans"),
+    "LitDataBlockDataset": _define_block_dataset("LitDataBlockSpans"),
+    "ShardedWebDataset": _define_sharded_webdataset,
+    "SpanShuffle": _define_span_shuffle,
+    "BalancedStreamingDataset": _define_balanced_streaming_dataset,
+}
+
+
+def _torch_class(name: str) -> type:
+    """The class ``name`` of :data:`_TORCH_CLASSES`, defined on first use (it subclasses a
+    torch or litdata class, and importing this module imports neither)."""
+    cls = globals().get(name)
+    if cls is None:
+        cls = _TORCH_CLASSES[name]()
+        cls.__module__ = __name__
+        cls.__qualname__ = name
+        globals()[name] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: ``shards.readers.ShardedWebDataset`` etc. (also how pickle finds them)."""
+    if name in _TORCH_CLASSES:
+        return _torch_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""Trainer side of the block layout: batches of torch tensors, balanced across ranks.
+
+In the block layout a WebDataset sample or a LitData item is a block of examples
+(:mod:`shards.blocks`). The readers here assign *examples* to ranks and DataLoader workers with
+:mod:`shards.distributed` (units = examples, from the manifest's per-file counts), so the
+guarantees of :mod:`shards.readers` hold example by example: worker ``w`` reads the same number
+of examples on every rank, every example at most once per epoch. A worker decodes the blocks
+that cover its spans, keeps the examples of its spans, and re-batches them (optionally through
+a seeded shuffle buffer) into ``(features float32 [B, F], labels [B])`` tensors, or dicts with
+``ids`` and ``meta`` too. Use them with ``DataLoader(dataset, batch_size=None)``.
+
+Blocks hold ``block_rows`` examples each except the last block of a shard group, which ends its
+file, so a file of ``n`` examples has ``ceil(n / block_rows)`` blocks, all full but the last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+from shards import distributed
+from shards.blocks import BLOCK_EXTENSION, Block, block_batches, decode_block
+
+
+def block_lengths(examples: int, block_rows: int) -> list[int]:
+    """Examples per block of a file of ``examples`` examples."""
+    full, rest = divmod(examples, block_rows)
+    return [block_rows] * full + ([rest] if rest else [])
+
+
+def stream_int_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
+    key = distributed.stream_seed(seed, epoch, rank, worker)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+class BlockSpans:
+    """The logic of the block datasets: which blocks to decode, which examples to keep.
+
+    ``read_blocks(file, first, last)`` yields the encoded blocks ``first .. last - 1`` of a
+    file; subclasses provide it for tar shards and for LitData chunks.
+    """
+
+    def __init__(
+        self,
+        examples: list[int],
+        *,
+        block_rows: int,
+        batch_size: int,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        as_tuple: bool = True,
+        drop_last: bool = False,
+        env: tuple[int, int] | None = None,
+    ):
+        self.examples = [int(n) for n in examples]
+        self.block_rows = block_rows
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.as_tuple = as_tuple
+        self.drop_last = drop_last
+        self.epoch = 0
+        self._env = env
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s file order and shuffle seed (call it before each epoch)."""
+        self.epoch = int(epoch)
+
+    def rank_and_world(self) -> tuple[int, int]:
+        from shards.readers import distributed_env
+
+        return self._env or distributed_env() or (0, 1)
+
+    def spans(self, worker: int = 0, num_workers: int = 1) -> list[distributed.Span]:
+        rank, world = self.rank_and_world()
+        return distributed.assign(
+            self.examples,
+            rank=rank,
+            world_size=world,
+            worker=worker,
+            num_workers=num_workers,
+            epoch=self.epoch,
+            seed=self.seed,
+            shuffle=self.shuffle_buffer > 0,
+        )
+
+    def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def blocks(self, worker: int = 0, num_workers: int = 1) -> Iterator[Block]:
+        """The examples of this worker's spans, as (sliced) blocks in read order."""
+        for span in self.spans(worker, num_workers):
+            runs = distributed.runs_in_range(
+                block_lengths(self.examples[span.file], self.block_rows), span.start, span.stop
+            )
+            if not runs:
+                continue
+            encoded = self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)
+            for (index, lo, hi), data in zip(runs, encoded, strict=True):
+                block = decode_block(data, meta=not self.as_tuple)
+                expected = block_lengths(self.examples[span.file], self.block_rows)[index]
+                if len(block) != expected:
+                    raise ValueError(
+                        f"file {span.file}, block {index}: {len(block)} examples, "
+                        f"the manifest implies {expected}"
+                    )
+                yield block if (lo, hi) == (0, len(block)) else block.slice(lo, hi)
+
+    def __iter__(self) -> Iterator[Any]:
+        from shards.readers import worker_env
+
+        worker, num_workers = worker_env()
+        rank, _ = self.rank_and_world()
+        yield from block_batches(
+            self.blocks(worker, num_workers),
+            self.batch_size,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=stream_int_seed(self.seed, self.epoch, rank, worker),
+            drop_last=self.drop_last,
+            as_dict=not self.as_tuple,
+        )
+
+
+class TarBlockSpans(BlockSpans):
+    """Blocks from WebDataset tar shards (local or ``s3://``, streamed)."""
+
+    def __init__(self, urls: list[str], examples: list[int], opener: Any, **options: Any):
+        super().__init__(examples, **options)
+        self.urls = list(urls)
+        self.opener = opener
+
+    def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
+        from shards.readers import iter_tar_samples
+
+        url = self.urls[file]
+        seen = 0
+        with closing(iter_tar_samples(self.opener.open(url), url)) as samples:
+            for sample in samples:
+                if seen >= first:
+                    yield sample[BLOCK_EXTENSION]
+                seen += 1
+                if seen == last:
+                    return
+        raise ValueError(f"{url}: {seen} blocks, but the manifest implies at least {last}")
+
+
+class LitDataBlockSpans(BlockSpans):
+    """Blocks from LitData chunks, read by index through a ``litdata.StreamingDataset``
+    (which downloads and caches the chunks)."""
+
+    def __init__(self, dataset: Any, items: list[int], examples: list[int], **options: Any):
+        super().__init__(examples, **options)
+        self.dataset = dataset
+        self.first_item = [sum(items[:i]) for i in range(len(items))]
+
+    def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
+        for index in range(first, last):
+            yield self.dataset[self.first_item[file] + index]
