@@ -7,7 +7,8 @@
 The model is small on purpose (embeddings for the categorical codes, numeric features
 standardized with the manifest's train-only statistics, NaN -> the train mean, one hidden
 layer); the point is the data path: shards streamed from a local folder or ``s3://`` through
-:mod:`shards.readers`, with DataLoader workers splitting the shards.
+:mod:`shards.readers` (batches of tensors straight from the blocks of the block layout),
+with ranks and DataLoader workers splitting the examples evenly.
 """
 
 from __future__ import annotations
@@ -76,24 +77,34 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def split_loader(
-    dataset_url: str,
-    split: str,
-    fmt: str,
-    *,
-    train: bool,
-    batch_size: int,
-    workers: int,
-    s3_options: dict[str, Any],
-) -> torch.utils.data.DataLoader:
+def split_dataset(
+    dataset_url: str, split: str, fmt: str, *, train: bool, batch_size: int, s3_options: dict
+) -> Any:
+    """The split through the reader helpers: batches of tensors in the block layout, samples
+    (batched by the DataLoader) in the per-example layout."""
     if fmt == "webdataset":
-        dataset = open_webdataset(
-            dataset_url, split, shuffle_buffer=10_000 if train else 0, **s3_options
+        return open_webdataset(
+            dataset_url,
+            split,
+            shuffle_buffer=50_000 if train else 0,
+            batch_size=batch_size,
+            **s3_options,
         )
-    else:
-        dataset = open_litdata(
-            dataset_url, split, shuffle=train, transform=litdata_tuple, **s3_options
-        )
+    return open_litdata(
+        dataset_url,
+        split,
+        shuffle=train,
+        transform=litdata_tuple,
+        batch_size=batch_size,
+        **s3_options,
+    )
+
+
+def split_loader(
+    dataset: Any, manifest: dict[str, Any], *, batch_size: int, workers: int
+) -> torch.utils.data.DataLoader:
+    if manifest.get("layout") == "block":  # the dataset yields whole batches
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
     )
@@ -125,16 +136,12 @@ def train_and_evaluate(
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     seen, started = 0, time.perf_counter()
+    train = split_dataset(
+        dataset_url, "train", fmt, train=True, batch_size=batch_size, s3_options=s3_options
+    )
     for epoch in range(epochs):
-        loader = split_loader(
-            dataset_url,
-            "train",
-            fmt,
-            train=True,
-            batch_size=batch_size,
-            workers=workers,
-            s3_options=s3_options,
-        )
+        train.set_epoch(epoch)  # a different shuffle each epoch, the same on a rerun
+        loader = split_loader(train, manifest, batch_size=batch_size, workers=workers)
         total = 0.0
         for features, labels in loader:
             optimizer.zero_grad()
@@ -148,15 +155,10 @@ def train_and_evaluate(
 
     model.eval()
     scores, truth = [], []
-    loader = split_loader(
-        dataset_url,
-        "val",
-        fmt,
-        train=False,
-        batch_size=batch_size,
-        workers=workers,
-        s3_options=s3_options,
+    val = split_dataset(
+        dataset_url, "val", fmt, train=False, batch_size=batch_size, s3_options=s3_options
     )
+    loader = split_loader(val, manifest, batch_size=batch_size, workers=workers)
     with torch.no_grad():
         for features, labels in loader:
             scores.append(torch.sigmoid(model(features)).numpy())

@@ -47,20 +47,29 @@ def read_webdataset(endpoint_url: str, shard_urls: list[str]) -> list[dict[str, 
     ]
 
 
-def read_litdata(endpoint_url: str, input_dir: str, cache_dir: str) -> list[dict[str, Any]]:
-    """Every item of a split through ``litdata.StreamingDataset``.
+def read_litdata(
+    endpoint_url: str, objects_url: str, index_url: str, cache_dir: str
+) -> list[dict[str, Any]]:
+    """Every item of a split through ``litdata.StreamingDataset``: the version's index of the
+    split goes into a local folder, and litdata fetches the chunks it lists from the dataset's
+    shared ``objects/`` folder.
 
     litdata 0.2.76 fetches chunks with obstore, which refuses plain-HTTP endpoints (such as
     this test server) because litdata does not set ``allow_http``; turning obstore off makes
     litdata use its boto3 path instead.
     """
+    from pathlib import Path
+
     from litdata import StreamingDataset
     from litdata.streaming import downloader
+    from litdata.streaming.resolver import Dir
 
     downloader._OBSTORE_AVAILABLE = False
+    bucket, _, key = index_url.removeprefix("s3://").partition("/")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    s3_client(endpoint_url).download_file(bucket, key, str(Path(cache_dir) / "index.json"))
     dataset = StreamingDataset(
-        input_dir=input_dir,
+        input_dir=Dir(path=cache_dir, url=objects_url),
         storage_options={"endpoint_url": endpoint_url},
-        cache_dir=cache_dir,
     )
     return list(dataset)

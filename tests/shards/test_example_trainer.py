@@ -31,10 +31,15 @@ def test_auc_matches_the_pairwise_definition_with_ties():
     assert trainer.auc(labels, scores) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("layout", ["block", "example"])
 @pytest.mark.parametrize("fmt", ["webdataset", "litdata"])
-def test_example_trainer_learns_the_synthetic_signal_from_either_format(tmp_path: Path, fmt):
+def test_example_trainer_learns_the_synthetic_signal_from_either_format_and_layout(
+    tmp_path: Path, fmt: str, layout: str
+):
     table = synthetic_gold(6_000, seed=11)
-    spec = flights_publish_spec(webdataset={"samples_per_shard": 1_000})
+    spec = flights_publish_spec(
+        layout=layout, block={"rows": 512}, webdataset={"samples_per_shard": 1_000}
+    )
     storage = open_storage(str(tmp_path / "lake"))
     result = publish(spec, storage, lambda: table.to_batches(max_chunksize=2_048))
     metrics = _trainer().train_and_evaluate(

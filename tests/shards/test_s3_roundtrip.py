@@ -51,15 +51,20 @@ def test_every_split_published_to_s3_reads_back_with_plain_webdataset_and_litdat
     assert manifest == result.manifest
 
     total = 0
+    root = version_url.rpartition("/")[0]  # manifest paths start at datasets/<name>/
     for split, entry in manifest["splits"].items():
         for fmt in ("webdataset", "litdata"):
             for file in entry[fmt]["files"]:
-                size_and_sha = plain_readers.sha256_of(s3_endpoint, f"{version_url}/{file['path']}")
+                size_and_sha = plain_readers.sha256_of(s3_endpoint, f"{root}/{file['path']}")
                 assert size_and_sha == (file["size"], file["sha256"])
-        shards = [f"{version_url}/{f['path']}" for f in entry["webdataset"]["files"]]
+        shards = [f"{root}/{f['path']}" for f in entry["webdataset"]["files"]]
         samples = plain_readers.read_webdataset(s3_endpoint, shards)
+        [index] = [f for f in entry["litdata"]["files"] if f["samples"] is None]
         items = plain_readers.read_litdata(
-            s3_endpoint, f"{version_url}/litdata/{split}", str(tmp_path / "cache" / split)
+            s3_endpoint,
+            f"{root}/objects",
+            f"{root}/{index['path']}",
+            str(tmp_path / "cache" / split),
         )
         assert len(samples) == len(items) == entry["count"]
         assert [s["key"] for s in samples] == [json.loads(i["meta"])["example_id"] for i in items]
