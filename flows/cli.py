@@ -198,9 +198,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"shardyard demo: dataset {args.dataset}, storage {settings.resolved_storage_url}")
     summaries = run_in_terminal(settings, stages.PipelineRun(args.dataset))
     url = summaries["shard"]["published"]["dataset_uri"]
-    print("\nStream it from a trainer:")
+    print("\nStream it from a trainer (batches of tensors, the same count on every rank):")
     print("  from shards.readers import open_webdataset, open_litdata")
-    print(f"  train = open_webdataset({url!r}, 'train')")
+    print(f"  train = open_webdataset({url!r}, 'train', batch_size=1024, shuffle_buffer=50_000)")
+    print("  loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2)")
     return 0
 
 

@@ -176,7 +176,7 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
-        self._options = {
+        self.options = {
             "endpoint_url": endpoint_url,
             "region_name": region_name,
             "aws_access_key_id": aws_access_key_id,
@@ -285,7 +285,7 @@ class S3Storage:
 
     def __getstate__(self) -> dict[str, object]:
         """Picklable (for worker processes): the client is built again from the options."""
-        return {"url": self.url, "options": self._options}
+        return {"url": self.url, "options": self.options}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(state["url"], **state["options"])  # type: ignore[misc, arg-type]

@@ -23,7 +23,7 @@ from flows.publish.publishing import dataset_url
 from flows.run_records import stage_runs
 from flows.settings import Settings
 from flows.transform.runner import run_transform
-from shards.readers import iter_tar_samples, load_manifest, shard_urls
+from shards.readers import load_manifest, open_webdataset
 from tests.datasets.events_reference import anchors, landed_events, reference_example
 from tests.transforms.conftest import (
     copy_in_place,
@@ -172,10 +172,11 @@ def test_each_user_is_in_exactly_one_published_split(built: Built) -> None:
     manifest = load_manifest(url)
     split_of: dict[str, str] = {}
     samples = 0
+    assert manifest["layout"] == "block"
     for split in manifest["splits"]:
-        for shard in shard_urls(url, manifest, split, "webdataset"):
-            for sample in iter_tar_samples(open(shard, "rb")):  # noqa: SIM115 - closed by it
-                user = json.loads(sample["json"])["user_id"]
+        for batch in open_webdataset(url, split, as_tuple=False, batch_size=4096):
+            for meta in batch["meta"]:
+                user = json.loads(meta)["user_id"]
                 assert split_of.setdefault(user, split) == split, user
                 samples += 1
 

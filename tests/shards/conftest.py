@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from flows.settings import Settings
-from shards.definition import PublishSpec
+from shards.definition import BlockOptions, PublishSpec
 from tests.shards.synthetic import create_table_sql, flights_publish_spec, synthetic_gold
 
 GOLD_ROWS = 600
@@ -38,7 +38,17 @@ def gold(settings: Settings, database_url: str, gold_table: pa.Table) -> pa.Tabl
 
 @pytest.fixture
 def spec() -> PublishSpec:
-    """The flights publish spec with shard sizes small enough for several files per split."""
+    """The flights publish spec in the per-example layout, with shard sizes small enough for
+    several files per split."""
     return flights_publish_spec(
-        webdataset={"samples_per_shard": 100}, litdata={"chunk_bytes": 16_384}, batch_size=128
+        layout="example",
+        webdataset={"samples_per_shard": 100},
+        litdata={"chunk_bytes": 16_384},
+        batch_size=128,
     )
+
+
+@pytest.fixture
+def block_spec(spec: PublishSpec) -> PublishSpec:
+    """The same in the block layout (the bundled datasets' default), blocks of 32 examples."""
+    return spec.model_copy(update={"layout": "block", "block": BlockOptions(rows=32)})

@@ -17,7 +17,7 @@ from shards.gc import collect_garbage
 from shards.manifest import manifest_files
 from shards.parts import cut_parts, write_part
 from shards.publisher import plan_publication, publish
-from shards.readers import iter_tar_samples
+from shards.readers import open_webdataset
 from shards.storage import S3Storage, Storage, open_storage
 from tests.s3_server import CountingMotoServer
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
@@ -60,14 +60,17 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def read_back(storage: Storage, manifest: dict) -> dict[str, list[str]]:
-    """Every split's example ids, from the manifest's WebDataset objects alone."""
-    ids: dict[str, list[str]] = {}
-    for name, split in manifest["splits"].items():
-        ids[name] = []
-        for entry in split["webdataset"]["files"]:
-            stream = storage.open(f"datasets/{manifest['dataset']}/{entry['path']}")
-            ids[name] += [sample["__key__"] for sample in iter_tar_samples(stream)]
-    return ids
+    """Every split's example ids, from the manifest and the objects it lists alone."""
+    url = storage.uri(f"datasets/{manifest['dataset']}/{manifest['version']}")
+    options = storage.options if isinstance(storage, S3Storage) else {}
+    return {
+        name: [
+            i
+            for batch in open_webdataset(url, name, as_tuple=False, **options)
+            for i in batch["ids"]
+        ]
+        for name in manifest["splits"]
+    }
 
 
 def test_parts_in_worker_processes_write_the_same_bytes_as_one_process(

@@ -154,6 +154,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> PublishResult:
     """~2.6k synthetic rows; train has ~2.2k samples in many shards/chunks of unequal sizes."""
     table = synthetic_gold(2_600, seed=5)
     spec = flights_publish_spec(
+        layout="example",
         webdataset={"samples_per_shard": 150}, litdata={"chunk_bytes": 16_384}, batch_size=512
     )
     storage = open_storage(str(tmp_path_factory.mktemp("ddp") / "lake"))
