@@ -11,7 +11,8 @@ bytes they carry:
 3. **full, fan-out**: the whole year into a fresh bucket with ``--workers`` local processes
    (the baseline for the parts' parallelism, and a check that the files are the same).
 
-Reports seconds, PUTs and bytes of each, and the ratios of (2) to (1) (target <= 10%).
+Reports seconds, PUTs and bytes of each, and the ratios of (2) to (1) (target <= 10%), for
+the block layout and the per-example layout (``--layouts``).
 """
 
 from __future__ import annotations
@@ -57,58 +58,62 @@ def measured(server: CountingMotoServer, name: str, run) -> tuple[PublishResult,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=336_776)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-
-    spec = flights_publish_spec()
+def run_layout(
+    server: CountingMotoServer, endpoint: str, layout: str, args: argparse.Namespace
+) -> None:
+    spec = flights_publish_spec(layout=layout)
     year = synthetic_gold(args.rows, seed=0)
     anchors = pc.cast(year["anchor_ts"], pa.timestamp("us", tz="UTC"))
     before = year.filter(pc.less(anchors, pa.scalar(LAST_DAY, anchors.type)))
-    print(
-        f"synthetic gold: {year.num_rows} rows; the last day has {year.num_rows - before.num_rows}"
-    )
+    new = year.num_rows - before.num_rows
+    print(f"\n{layout} layout: {year.num_rows} rows, {new} on the last day")
 
     def source(table: pa.Table):
         return lambda: table.to_batches(max_chunksize=spec.batch_size)
 
-    server, endpoint = start_counting_server()
-    try:
-        storage = bucket(server, endpoint, "incremental")
-        full, full_cost = measured(
-            server, "incremental", lambda: publish(spec, storage, source(before))
-        )
-        day, day_cost = measured(
-            server, "incremental", lambda: publish(spec, storage, source(year))
-        )
-        fanned = bucket(server, endpoint, "fanout")
-        fan, fan_cost = measured(
-            server,
-            "fanout",
-            lambda: publish(spec, fanned, source(year), workers=args.workers, part_rows=50_000),
-        )
-    finally:
-        server.stop()
+    name = f"{layout}-incremental"
+    storage = bucket(server, endpoint, name)
+    full, full_cost = measured(server, name, lambda: publish(spec, storage, source(before)))
+    day, day_cost = measured(server, name, lambda: publish(spec, storage, source(year)))
+    fanned = bucket(server, endpoint, f"{layout}-fanout")
+    fan, fan_cost = measured(
+        server,
+        f"{layout}-fanout",
+        lambda: publish(spec, fanned, source(year), workers=args.workers, part_rows=50_000),
+    )
     assert day.version == fan.version and day.status == fan.status == "published"
     assert day.manifest == fan.manifest
 
-    print(f"\n{'publication':34s} {'seconds':>8s} {'PUTs':>6s} {'MB sent':>9s}  groups written")
+    print(f"{'publication':34s} {'seconds':>8s} {'PUTs':>6s} {'MB sent':>9s}  groups written")
     rows = [
         ("full (year - 1 day)", full_cost, full),
         ("+1 day (year)", day_cost, day),
         (f"full, {args.workers} worker processes", fan_cost, fan),
     ]
-    for name, cost, result in rows:
+    for label, cost, result in rows:
         print(
-            f"{name:34s} {cost['seconds']:8.2f} {cost['puts']:6d} {cost['bytes'] / 1e6:9.1f}"
+            f"{label:34s} {cost['seconds']:8.2f} {cost['puts']:6d} {cost['bytes'] / 1e6:9.1f}"
             f"  {result.groups_written} of {result.groups_written + result.groups_reused}"
         )
-    print("\n+1 day / full  [target <= 0.10 each]:")
-    for key in ("seconds", "puts", "bytes"):
-        print(f"  {key:8s} {day_cost[key] / full_cost[key]:6.3f}")
+    ratios = "  ".join(
+        f"{k} {day_cost[k] / full_cost[k]:.3f}" for k in ("seconds", "puts", "bytes")
+    )
+    print(f"+1 day / full [target <= 0.10 each]: {ratios}")
     print(f"  timings of +1 day: {', '.join(f'{k} {v:.2f}s' for k, v in day.timings.items())}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=336_776)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--layouts", default="block,example")
+    args = parser.parse_args()
+    server, endpoint = start_counting_server()
+    try:
+        for layout in args.layouts.split(","):
+            run_layout(server, endpoint, layout, args)
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

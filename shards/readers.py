@@ -34,6 +34,7 @@ torch, webdataset and litdata are imported only when a reader is opened.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -465,7 +466,9 @@ def litdata_input_dir(
     [index] = [e for e in manifest["splits"][split]["litdata"]["files"] if e["samples"] is None]
     root = dataset_root(dataset_url)
     base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "shardyard-litdata"
-    local = base / manifest["dataset"] / manifest["version"] / split
+    # Versions are content hashes: two lakes can hold the same one, so the root is in the key.
+    place = hashlib.sha256(root.encode()).hexdigest()[:16]
+    local = base / place / manifest["dataset"] / manifest["version"] / split
     local.mkdir(parents=True, exist_ok=True)
     data = open_storage(root, **s3_options).get_bytes(index["path"])
     if not (local / "index.json").exists():
@@ -478,7 +481,7 @@ def litdata_input_dir(
         return Dir(path=str(local), url=f"{root}/objects")
     for chunk in json.loads(data)["chunks"]:
         link = local / chunk["filename"]
-        if not link.exists():
+        if not link.is_symlink():
             with contextlib.suppress(FileExistsError):
                 link.symlink_to(Path(root) / "objects" / chunk["filename"])
     return str(local)
