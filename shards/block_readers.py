@@ -22,6 +22,7 @@ from typing import Any
 
 from shards import distributed
 from shards.blocks import BLOCK_EXTENSION, Block, block_batches, decode_block
+from shards.readers import EpochAssignment, iter_tar_samples, worker_env
 
 
 def block_lengths(examples: int, block_rows: int) -> list[int]:
@@ -35,11 +36,11 @@ def stream_int_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
-class BlockSpans:
+class BlockSpans(EpochAssignment):
     """The logic of the block datasets: which blocks to decode, which examples to keep.
 
     ``read_blocks(file, first, last)`` yields the encoded blocks ``first .. last - 1`` of a
-    file; subclasses provide it for tar shards and for LitData chunks.
+    file; subclasses provide it for tar shards and for LitData chunks. Units are examples.
     """
 
     def __init__(
@@ -52,39 +53,14 @@ class BlockSpans:
         seed: int = 0,
         as_tuple: bool = True,
         drop_last: bool = False,
-        env: tuple[int, int] | None = None,
     ):
-        self.examples = [int(n) for n in examples]
+        self.units = [int(n) for n in examples]
         self.block_rows = block_rows
         self.batch_size = batch_size
         self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
         self.as_tuple = as_tuple
         self.drop_last = drop_last
-        self.epoch = 0
-        self._env = env
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch``'s file order and shuffle seed (call it before each epoch)."""
-        self.epoch = int(epoch)
-
-    def rank_and_world(self) -> tuple[int, int]:
-        from shards.readers import distributed_env
-
-        return self._env or distributed_env() or (0, 1)
-
-    def spans(self, worker: int = 0, num_workers: int = 1) -> list[distributed.Span]:
-        rank, world = self.rank_and_world()
-        return distributed.assign(
-            self.examples,
-            rank=rank,
-            world_size=world,
-            worker=worker,
-            num_workers=num_workers,
-            epoch=self.epoch,
-            seed=self.seed,
-            shuffle=self.shuffle_buffer > 0,
-        )
+        self._init_assignment(seed=seed, shuffle=shuffle_buffer > 0)
 
     def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
         raise NotImplementedError
@@ -93,14 +69,14 @@ class BlockSpans:
         """The examples of this worker's spans, as (sliced) blocks in read order."""
         for span in self.spans(worker, num_workers):
             runs = distributed.runs_in_range(
-                block_lengths(self.examples[span.file], self.block_rows), span.start, span.stop
+                block_lengths(self.units[span.file], self.block_rows), span.start, span.stop
             )
             if not runs:
                 continue
             encoded = self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)
             for (index, lo, hi), data in zip(runs, encoded, strict=True):
                 block = decode_block(data, meta=not self.as_tuple)
-                expected = block_lengths(self.examples[span.file], self.block_rows)[index]
+                expected = block_lengths(self.units[span.file], self.block_rows)[index]
                 if len(block) != expected:
                     raise ValueError(
                         f"file {span.file}, block {index}: {len(block)} examples, "
@@ -109,8 +85,6 @@ class BlockSpans:
                 yield block if (lo, hi) == (0, len(block)) else block.slice(lo, hi)
 
     def __iter__(self) -> Iterator[Any]:
-        from shards.readers import worker_env
-
         worker, num_workers = worker_env()
         rank, _ = self.rank_and_world()
         yield from block_batches(
@@ -132,8 +106,6 @@ class TarBlockSpans(BlockSpans):
         self.opener = opener
 
     def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
-        from shards.readers import iter_tar_samples
-
         url = self.urls[file]
         seen = 0
         with closing(iter_tar_samples(self.opener.open(url), url)) as samples:

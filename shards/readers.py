@@ -223,7 +223,7 @@ def worker_env() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-class _EpochAssignment:
+class EpochAssignment:
     """Rank/worker/epoch state shared by the reader datasets (see :mod:`shards.distributed`).
 
     The rank and world size are taken when the dataset is created (:func:`distributed_env`);
@@ -232,6 +232,7 @@ class _EpochAssignment:
     process reads the whole split (rank 0 of 1).
     """
 
+    units: list[int]  # per file: samples, items or examples
     seed: int
     shuffle: bool
     epoch: int
@@ -250,6 +251,24 @@ class _EpochAssignment:
 
     def rank_and_world(self) -> tuple[int, int]:
         return self._env or distributed_env() or (0, 1)
+
+    def samples_per_rank(self) -> int:
+        """Samples each rank reads per epoch (``total // world_size``)."""
+        return distributed.rank_units(sum(self.units), self.rank_and_world()[1])
+
+    def spans(self, worker: int = 0, num_workers: int = 1) -> list[Span]:
+        """What ``worker`` of ``num_workers`` on this rank reads in the current epoch."""
+        rank, world = self.rank_and_world()
+        return distributed.assign(
+            self.units,
+            rank=rank,
+            world_size=world,
+            worker=worker,
+            num_workers=num_workers,
+            epoch=self.epoch,
+            seed=self.seed,
+            shuffle=self.shuffle,
+        )
 
 
 def _read_span(opener: _ShardOpener, url: str, span: Span, units: int) -> Iterator[dict]:
@@ -282,7 +301,7 @@ def _buffer_shuffle(samples: Iterator[Any], size: int, rng: random.Random) -> It
         yield buffer.pop()
 
 
-class _TarSpans(_EpochAssignment):
+class _TarSpans(EpochAssignment):
     """The logic of :class:`ShardedWebDataset` (which adds torch's ``IterableDataset``)."""
 
     def __init__(
@@ -303,24 +322,6 @@ class _TarSpans(_EpochAssignment):
         self.as_tuple = as_tuple
         self.opener = _ShardOpener(s3_options or {})
         self._init_assignment(seed=seed, shuffle=shuffle_buffer > 0)
-
-    def samples_per_rank(self) -> int:
-        """Samples each rank reads per epoch (``total // world_size``)."""
-        return distributed.rank_units(sum(self.units), self.rank_and_world()[1])
-
-    def spans(self, worker: int = 0, num_workers: int = 1) -> list[Span]:
-        """What ``worker`` of ``num_workers`` on this rank reads in the current epoch."""
-        rank, world = self.rank_and_world()
-        return distributed.assign(
-            self.units,
-            rank=rank,
-            world_size=world,
-            worker=worker,
-            num_workers=num_workers,
-            epoch=self.epoch,
-            seed=self.seed,
-            shuffle=self.shuffle,
-        )
 
     def __iter__(self) -> Iterator[Any]:
         worker, num_workers = worker_env()
@@ -577,7 +578,6 @@ def _block_options(
         "seed": seed,
         "as_tuple": as_tuple,
         "drop_last": drop_last,
-        "env": distributed_env(),
     }
 
 
