@@ -8,16 +8,18 @@
    against Parquet of the same rows.
 3. Publication of the same rows to ``s3://`` on a moto server on 127.0.0.1 and to a local
    folder.
-4. Streaming the train split: one object per sample from S3 (the anti-pattern, bounded to
-   ``--per-object`` samples), WebDataset and LitData from S3 and from local disk, through
-   the reader helpers trainers use. Prints samples/s and the ratios against the targets:
-   shards >= 20x the per-object rate and >= 0.5x local disk.
+4. Streaming the train split into torch batches of 1024 through the reader helpers trainers
+   use, for both layouts and both formats, from S3 and from local disk, against one object
+   per example from S3 (the anti-pattern, bounded to ``--per-object`` examples). Prints
+   examples/s and the ratios against the targets: the block layout from S3 >= 1,000,000
+   examples/s and >= 0.8x local disk.
 5. The block layout (``layout: block``; one sample / item per ``block.rows`` examples): block
    tar shards and LitData chunks written per split -> examples/s and bytes/example against
    Parquet [target <= 2x]; decoding the train split's blocks into torch batches from bytes in
    memory, from local tar shards (``webdataset.WebDataset``, ``iter_tar_samples``) and from
    local LitData chunks (``litdata.StreamingDataset``) -> examples/s [target >= 1,000,000].
-   ``--blocks-only`` runs steps 1 and 5 only.
+   ``--blocks-only`` runs steps 1 and 5 only; ``--writes-only`` runs step 1, pass 2 and the
+   block layout's write (shared encoding, and each writer encoding every block itself).
 """
 
 from __future__ import annotations
@@ -43,12 +45,17 @@ from shards.blocks import (
 )
 from shards.definition import PublishSpec
 from shards.encoding import SampleEncoder
-from shards.litdata_writer import ChunkWriter
+from shards.parts import shard_writers
 from shards.publisher import Plan, plan_publication, publish
-from shards.readers import iter_tar_samples, npy_vector, open_litdata, open_webdataset
+from shards.readers import (
+    iter_tar_samples,
+    litdata_tuple,
+    npy_vector,
+    open_litdata,
+    open_webdataset,
+)
 from shards.splits import SplitAssigner
 from shards.storage import S3Storage, open_storage
-from shards.tar_writer import TarShardWriter
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 CREDENTIALS = {
@@ -60,16 +67,6 @@ CREDENTIALS = {
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
-
-
-def timed_count(samples: Iterable[object], limit: int | None = None) -> tuple[int, float]:
-    started = time.perf_counter()
-    count = 0
-    for _ in samples:
-        count += 1
-        if limit is not None and count >= limit:
-            break
-    return count, time.perf_counter() - started
 
 
 def folder_bytes(path: Path) -> int:
@@ -122,18 +119,17 @@ Writers = tuple[Any, Any]  # a split's tar writer and chunk writer (either layou
 
 
 def example_writers(spec: PublishSpec, plan: Plan, folder: Path) -> Writers:
-    return (
-        TarShardWriter(folder / "webdataset", spec.webdataset.samples_per_shard),
-        ChunkWriter(
-            folder / "litdata",
-            spec.litdata.chunk_bytes,
-            label_kind=plan.label_kind,
-            updated_at=plan.version,
-        ),
-    )
+    """The publisher's writers of the per-example layout."""
+    return shard_writers(spec.model_copy(update={"layout": "example"}), plan, folder)
 
 
 def block_writers(spec: PublishSpec, plan: Plan, folder: Path) -> Writers:
+    """The publisher's writers of the block layout: each block is encoded once for both."""
+    return shard_writers(spec.model_copy(update={"layout": "block"}), plan, folder)
+
+
+def unshared_block_writers(spec: PublishSpec, plan: Plan, folder: Path) -> Writers:
+    """Two independent writers: each encodes every block itself (for comparison)."""
     return (
         BlockTarShardWriter(
             folder / "webdataset", spec.webdataset.samples_per_shard, spec.block.rows
@@ -246,13 +242,14 @@ def block_decode_rates(
     return rates
 
 
-def block_layout(
+def write_block_layout(
     spec: PublishSpec,
     plan: Plan,
     source: Callable[[], Iterable[pa.RecordBatch]],
     work: Path,
-    repeats: int,
 ) -> dict[str, int]:
+    """Both formats of the block layout into ``work / "blocks"``, then again with writers
+    that do not share their blocks' encoding (into a folder removed afterwards)."""
     print(f"\nblock layout ({spec.block.rows} examples per block):")
     started = time.perf_counter()
     counts = write_layout(spec, plan, source(), work / "blocks", block_writers)
@@ -261,6 +258,24 @@ def block_layout(
         f"  write (encode + block tar + block litdata): "
         f"{rate(written, time.perf_counter() - started):,.0f} examples/s"
     )
+    started = time.perf_counter()
+    write_layout(spec, plan, source(), work / "blocks-unshared", unshared_block_writers)
+    print(
+        f"  the same, each writer encoding every block:  "
+        f"{rate(written, time.perf_counter() - started):,.0f} examples/s"
+    )
+    shutil.rmtree(work / "blocks-unshared")
+    return counts
+
+
+def block_layout(
+    spec: PublishSpec,
+    plan: Plan,
+    source: Callable[[], Iterable[pa.RecordBatch]],
+    work: Path,
+    repeats: int,
+) -> dict[str, int]:
+    counts = write_block_layout(spec, plan, source, work)
     print(
         f"  decode the train split ({counts['train']} examples) into torch batches of 1024, "
         f"best and median of {repeats}:  [target >= 1,000,000]"
@@ -304,6 +319,83 @@ def write_example_layout(
     )
 
 
+def collate(batch: list[tuple[np.ndarray, Any]]) -> tuple[Any, Any]:
+    """The per-example layout's samples into tensors, as the example trainer batches them."""
+    import torch
+
+    features = np.stack([features for features, _ in batch])
+    return torch.from_numpy(features), torch.from_numpy(np.array([label for _, label in batch]))
+
+
+def train_batches(fmt: str, layout: str, url: str, cache: str, options: dict) -> Iterable:
+    """The train split as tensor batches of 1024 through the reader helpers."""
+    import torch
+
+    if fmt == "webdataset":
+        dataset = open_webdataset(url, "train", batch_size=1024, **options)
+    else:
+        dataset = open_litdata(
+            url, "train", batch_size=1024, cache_dir=cache, transform=litdata_tuple, **options
+        )
+    if layout == "block":
+        return dataset
+    return torch.utils.data.DataLoader(dataset, batch_size=1024, collate_fn=collate)
+
+
+def streaming(table: pa.Table, work: Path, args: argparse.Namespace) -> None:
+    """Publish both layouts to a local folder and to S3; stream the train split of each."""
+    results: dict[tuple[str, str, str], float] = {}
+    server, endpoint = start_s3()
+    try:
+        for layout in ("example", "block"):
+            spec = flights_publish_spec(layout=layout)
+
+            def source(spec: PublishSpec = spec) -> Iterable[pa.RecordBatch]:
+                return table.to_batches(max_chunksize=spec.batch_size)
+
+            started = time.perf_counter()
+            local = publish(spec, open_storage(str(work / f"lake-{layout}")), source)
+            local_s = time.perf_counter() - started
+            storage = S3Storage(f"s3://bench-{layout}/lake", endpoint_url=endpoint, **CREDENTIALS)
+            storage.client.create_bucket(Bucket=f"bench-{layout}")
+            started = time.perf_counter()
+            remote = publish(spec, storage, source)
+            print(
+                f"\npublish, {layout} layout: local folder {local_s:.1f}s, "
+                f"s3:// (moto on 127.0.0.1) {time.perf_counter() - started:.1f}s"
+            )
+            train = remote.counts["train"]
+            s3_options = {"endpoint_url": endpoint, **CREDENTIALS}
+            for fmt in ("webdataset", "litdata"):
+                for where, url, options in (
+                    ("S3", remote.dataset_uri, s3_options),
+                    ("local disk", local.dataset_uri, {}),
+                ):
+                    cache = str(work / f"cache-{layout}-{fmt}-{where}")
+                    count, seconds = count_batches(train_batches(fmt, layout, url, cache, options))
+                    assert count == train, (layout, fmt, where, count, train)
+                    results[(layout, fmt, where)] = rate(count, seconds)
+        count, seconds = per_object_rate(storage, table, args.per_object)
+        per_object = rate(count, seconds)
+    finally:
+        server.stop()
+
+    print(f"\nstreaming the train split ({train} examples) into tensor batches of 1024:")
+    print(f"  {'one object per example, from S3':44s} {per_object:12,.0f} examples/s")
+    for (layout, fmt, where), value in results.items():
+        print(f"  {layout + ' layout, ' + fmt + ' from ' + where:44s} {value:12,.0f} examples/s")
+    print("\nratios:")
+    for fmt in ("webdataset", "litdata"):
+        block, example = results[("block", fmt, "S3")], results[("example", fmt, "S3")]
+        local_rate = results[("block", fmt, "local disk")]
+        print(
+            f"  {fmt:10s} block from S3: {block:,.0f} examples/s [target >= 1,000,000]; "
+            f"{block / example:5.1f}x the per-example layout; "
+            f"{block / local_rate:4.2f}x local disk [target >= 0.8x]; "
+            f"{block / per_object:6.0f}x one object per example"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=300_000)
@@ -311,6 +403,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="block decode passes (best)")
     parser.add_argument(
         "--blocks-only", action="store_true", help="only the block layout (no S3, no publish)"
+    )
+    parser.add_argument(
+        "--writes-only", action="store_true", help="only pass 1 and the writes of both layouts"
     )
     args = parser.parse_args()
 
@@ -333,6 +428,9 @@ def main() -> None:
         print(f"\npass 1 (splits, guards, statistics, fingerprint): {plan_rate:,.0f} rows/s")
         if not args.blocks_only:
             write_example_layout(spec, plan, source, work, plan_s)
+        if args.writes_only:
+            write_block_layout(spec, plan, source, work)
+            return
 
         parquet = work / "gold.parquet"
         pq.write_table(table.select(spec.source_columns()), parquet)
@@ -351,63 +449,7 @@ def main() -> None:
         if args.blocks_only:
             return
 
-        # --- publication -----------------------------------------------------------------
-        local = open_storage(str(work / "lake"))
-        started = time.perf_counter()
-        local_result = publish(spec, local, source, workdir=work / "tmp")
-        print(
-            f"\npublish to a local folder: {time.perf_counter() - started:.1f}s "
-            f"({local_result.version})"
-        )
-        server, endpoint = start_s3()
-        try:
-            storage = S3Storage("s3://bench/lake", endpoint_url=endpoint, **CREDENTIALS)
-            storage.client.create_bucket(Bucket="bench")
-            started = time.perf_counter()
-            s3_result = publish(spec, storage, source, workdir=work / "tmp")
-            print(f"publish to s3:// (moto on 127.0.0.1): {time.perf_counter() - started:.1f}s")
-            assert s3_result.version == local_result.version
-
-            # --- streaming the train split ------------------------------------------------
-            s3_options = {"endpoint_url": endpoint, **CREDENTIALS}
-            train = s3_result.counts["train"]
-            results: dict[str, float] = {}
-            count, seconds = per_object_rate(storage, table, args.per_object)
-            results["per-object GETs from S3"] = rate(count, seconds)
-            count, seconds = timed_count(
-                open_webdataset(s3_result.dataset_uri, "train", **s3_options)
-            )
-            assert count == train
-            results["webdataset from S3"] = rate(count, seconds)
-            count, seconds = timed_count(
-                open_litdata(
-                    s3_result.dataset_uri,
-                    "train",
-                    cache_dir=str(work / "litdata-cache"),
-                    **s3_options,
-                )
-            )
-            assert count == train
-            results["litdata from S3"] = rate(count, seconds)
-            count, seconds = timed_count(open_webdataset(local_result.dataset_uri, "train"))
-            results["webdataset from local disk"] = rate(count, seconds)
-            count, seconds = timed_count(open_litdata(local_result.dataset_uri, "train"))
-            results["litdata from local disk"] = rate(count, seconds)
-        finally:
-            server.stop()
-
-        print(f"\nstreaming the train split ({train} samples; per-object: {args.per_object}):")
-        for name, value in results.items():
-            print(f"  {name:30s} {value:12,.0f} samples/s")
-        per_object = results["per-object GETs from S3"]
-        print("\nratios:")
-        for fmt in ("webdataset", "litdata"):
-            s3 = results[f"{fmt} from S3"]
-            local_rate = results[f"{fmt} from local disk"]
-            print(
-                f"  {fmt:10s} S3 / per-object = {s3 / per_object:6.1f}x  [target >= 20x]"
-                f"   S3 / local disk = {s3 / local_rate:4.2f}x  [target >= 0.5x]"
-            )
+        streaming(table, work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,6 +30,8 @@ Arrow reader opens a block (``pa.ipc.open_stream(data).read_all()``).
 
 Blocks are cut every ``rows`` examples of a split, across ``write`` calls, and never span
 files; only the writer's last block may be short. Both writers report ``count`` = examples.
+:func:`block_writers` makes the two writers of one split's rows share a :class:`BlockCache`,
+so that each block is encoded once for both formats (the same bytes as writers of their own).
 
 Reader stages (webdataset-style generator functions over an iterable): :func:`decode_blocks`
 (samples or items -> :class:`Block`) and :func:`block_batches` (blocks -> torch batches,
@@ -137,13 +139,20 @@ def encode_block(batch: EncodedBatch) -> bytes:
     width = batch.features.shape[1]
     labels = pa.array(_label_array(np.asarray(batch.labels)))
     by_feature = np.ascontiguousarray(batch.features.T, dtype="<f4")
-    columns = [pc.cast(batch.ids, pa.string()), labels, pc.cast(batch.meta, pa.string())]
+    columns = [_exact(batch.ids), labels, _exact(batch.meta)]
     columns += [pa.array(by_feature[j]) for j in range(width)]
     record = pa.record_batch(columns, schema=block_schema(width, labels.type))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, record.schema, options=_WRITE_OPTIONS) as writer:
         writer.write_batch(record)
     return sink.getvalue().to_pybytes()
+
+
+def _exact(strings: pa.Array) -> pa.Array:
+    """A string column in buffers of its own. The IPC writer pads a sliced column's data to
+    64 bytes with whatever follows it in memory, so the same rows would give different bytes
+    depending on their neighbours; content-addressed blocks must not."""
+    return pa.concat_arrays([pc.cast(strings, pa.string())])
 
 
 def _check_schema(schema: pa.Schema) -> None:
@@ -190,12 +199,7 @@ def decode_block(data: bytes | memoryview | pa.Buffer, *, meta: bool = True) -> 
 
 
 def slice_batch(batch: EncodedBatch, start: int, stop: int) -> EncodedBatch:
-    return EncodedBatch(
-        ids=batch.ids.slice(start, stop - start),
-        features=batch.features[start:stop],
-        labels=batch.labels[start:stop],
-        meta=batch.meta.slice(start, stop - start),
-    )
+    return batch.slice(start, stop)
 
 
 def concat_batches(batches: list[EncodedBatch]) -> EncodedBatch:
@@ -210,7 +214,12 @@ def concat_batches(batches: list[EncodedBatch]) -> EncodedBatch:
 
 
 class BlockCutter:
-    """Cuts a stream of batches into blocks of ``rows`` examples (the last may be short)."""
+    """Cuts a stream of batches into blocks of ``rows`` examples (the last may be short).
+
+    Blocks are slices of the batch, or of the held rows and the batch concatenated. Keep it
+    so: a block's bytes depend on that memory layout (the Arrow IPC writer may write a few
+    bytes past the end of a sliced string column), and the bytes must not change.
+    """
 
     def __init__(self, rows: int):
         if rows <= 0:
@@ -243,11 +252,87 @@ class BlockCutter:
         return block
 
 
+# --- encoding each block once for both formats ---------------------------------------------
+
+
+@dataclass
+class EncodedBlock:
+    """A block's bytes (:func:`encode_block`), its example count and its first example id."""
+
+    data: bytes
+    rows: int
+    first_id: pa.Array  # string, length 1: the block's tar key
+
+
+@dataclass
+class _Shared:
+    block: EncodedBlock
+    takers: int  # writers still to take it
+
+
+class BlockCache:
+    """Encodes each block of a split once for the ``writers`` writers that write it.
+
+    Writers given the same batches in the same order cut the same blocks. The first to reach
+    a block encodes it and keeps the bytes until the other writers have taken them (at most
+    the blocks of one batch are held while a tar writer and a chunk writer are written
+    batch by batch). A block is known by its first row in the split; its size and first
+    example id are checked, so writers given different rows fail instead of sharing bytes.
+    """
+
+    def __init__(self, writers: int = 1):
+        self.writers = writers
+        self._held: dict[int, _Shared] = {}
+
+    def encode(self, start: int, block: EncodedBatch) -> EncodedBlock:
+        """The encoding of ``block``, which starts at row ``start`` of the split."""
+        first_id = block.ids.slice(0, 1)
+        shared = self._held.get(start)
+        if shared is None:
+            encoded = EncodedBlock(encode_block(block), len(block), first_id)
+            if self.writers > 1:
+                self._held[start] = _Shared(encoded, self.writers - 1)
+            return encoded
+        if shared.block.rows != len(block) or not shared.block.first_id.equals(first_id):
+            raise ValueError("the writers sharing a block cache were given different rows")
+        shared.takers -= 1
+        if not shared.takers:
+            del self._held[start]
+        return shared.block
+
+
+class BlockStream:
+    """One writer's encoded blocks: cut from its batches, each encoded by ``cache``."""
+
+    def __init__(self, rows: int, cache: BlockCache | None = None):
+        self._cutter = BlockCutter(rows)
+        self._cache = cache or BlockCache()
+        self._start = 0  # the split row where the next block starts
+
+    def add(self, batch: EncodedBatch) -> list[EncodedBlock]:
+        """The blocks ``batch`` completes."""
+        return [self._encode(block) for block in self._cutter.add(batch)]
+
+    def rest(self) -> list[EncodedBlock]:
+        """The short last block, if any examples are left."""
+        rest = self._cutter.rest()
+        return [] if rest is None else [self._encode(rest)]
+
+    def _encode(self, block: EncodedBatch) -> EncodedBlock:
+        encoded = self._cache.encode(self._start, block)
+        self._start += len(block)
+        return encoded
+
+
 # --- WebDataset ----------------------------------------------------------------------------
 
 
 class BlockTarShardWriter:
-    """Writes one split's blocks into ``shard-000000.tar``, ``shard-000001.tar``, ..."""
+    """Writes one split's blocks into ``shard-000000.tar``, ``shard-000001.tar``, ...
+
+    ``cache``: shared with a :class:`BlockChunkWriter` of the same rows (see
+    :func:`block_writers`), so that each block is encoded once for both.
+    """
 
     def __init__(
         self,
@@ -255,33 +340,34 @@ class BlockTarShardWriter:
         samples_per_shard: int,
         block_rows: int,
         on_shard: Callable[[Path, int], None] | None = None,
+        *,
+        cache: BlockCache | None = None,
     ):
         self.directory = directory
         self.blocks_per_shard = math.ceil(samples_per_shard / block_rows)
         self.on_shard = on_shard
         self.files: list[ShardFile] = []
-        self._cutter = BlockCutter(block_rows)
+        self._stream = BlockStream(block_rows, cache)
         self._handle: Any = None
         self._blocks = 0
         self._count = 0
         self._bytes = 0
 
     def write(self, batch: EncodedBatch) -> None:
-        for block in self._cutter.add(batch):
+        for block in self._stream.add(batch):
             self._write_block(block)
 
     def close(self) -> list[ShardFile]:
-        rest = self._cutter.rest()
-        if rest is not None:
-            self._write_block(rest)
+        for block in self._stream.rest():
+            self._write_block(block)
         if self._handle is not None:
             self._finish()
         return self.files
 
-    def _write_block(self, block: EncodedBatch) -> None:
-        data = encode_block(block)
-        name = block.ids.slice(0, 1)
-        header = ustar_headers(name, f".{BLOCK_EXTENSION}".encode(), np.array([len(data)]))
+    def _write_block(self, block: EncodedBlock) -> None:
+        data = block.data
+        suffix = f".{BLOCK_EXTENSION}".encode()
+        header = ustar_headers(block.first_id, suffix, np.array([len(data)]))
         padding = -len(data) % BLOCK
         if self._handle is None:
             self._open()
@@ -289,7 +375,7 @@ class BlockTarShardWriter:
         self._handle.write(data)
         self._handle.write(b"\0" * padding)
         self._bytes += BLOCK + len(data) + padding
-        self._count += len(block)
+        self._count += block.rows
         self._blocks += 1
         if self._blocks == self.blocks_per_shard:
             self._finish()
@@ -351,26 +437,26 @@ class BlockChunkWriter:
         block_rows: int,
         updated_at: str,
         on_chunk: Callable[[Path, int], None] | None = None,
+        cache: BlockCache | None = None,
     ):
         self.directory = directory
         self.chunk_bytes = chunk_bytes
         self.updated_at = updated_at
         self.on_chunk = on_chunk
         self.files: list[ShardFile] = []
-        self._cutter = BlockCutter(block_rows)
+        self._stream = BlockStream(block_rows, cache)
         self._chunks: list[dict[str, Any]] = []
         self._items: list[bytes] = []
         self._item_bytes = 0
         self._count = 0
 
     def write(self, batch: EncodedBatch) -> None:
-        for block in self._cutter.add(batch):
+        for block in self._stream.add(batch):
             self._add(block)
 
     def close(self) -> list[ShardFile]:
-        rest = self._cutter.rest()
-        if rest is not None:
-            self._add(rest)
+        for block in self._stream.rest():
+            self._add(block)
         if self._items:
             self._flush()
         if self._chunks:
@@ -382,14 +468,14 @@ class BlockChunkWriter:
             (self.directory / INDEX_FILENAME).write_text(json.dumps(index, sort_keys=True))
         return self.files
 
-    def _add(self, block: EncodedBatch) -> None:
-        data = encode_block(block)
+    def _add(self, block: EncodedBlock) -> None:
+        data = block.data
         item = np.array([len(data)], dtype="<u4").tobytes() + data
         if self._items and self._item_bytes + len(item) > self.chunk_bytes:
             self._flush()
         self._items.append(item)
         self._item_bytes += len(item)
-        self._count += len(block)
+        self._count += block.rows
 
     def _flush(self) -> None:
         n = len(self._items)
@@ -412,6 +498,26 @@ class BlockChunkWriter:
         if self.on_chunk is not None:
             self.on_chunk(path, self._count)
         self._items, self._item_bytes, self._count = [], 0, 0
+
+
+def block_writers(
+    tar_dir: Path,
+    chunk_dir: Path,
+    *,
+    samples_per_shard: int,
+    chunk_bytes: int,
+    block_rows: int,
+    updated_at: str,
+) -> tuple[BlockTarShardWriter, BlockChunkWriter]:
+    """A split's block tar writer and block chunk writer, sharing one :class:`BlockCache`:
+    each block is Arrow-IPC+zstd encoded once for both. Give both the same batches in the
+    same order (e.g. each batch to the tar writer, then to the chunk writer)."""
+    cache = BlockCache(writers=2)
+    tar = BlockTarShardWriter(tar_dir, samples_per_shard, block_rows, cache=cache)
+    chunks = BlockChunkWriter(
+        chunk_dir, chunk_bytes, block_rows=block_rows, updated_at=updated_at, cache=cache
+    )
+    return tar, chunks
 
 
 # --- reader stages -------------------------------------------------------------------------

@@ -69,6 +69,16 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def slice(self, start: int, stop: int) -> EncodedBatch:
+        """Rows ``start:stop`` (views, no copies; ``stop`` may run past the end)."""
+        stop = min(stop, len(self))
+        return EncodedBatch(
+            ids=self.ids.slice(start, stop - start),
+            features=self.features[start:stop],
+            labels=self.labels[start:stop],
+            meta=self.meta.slice(start, stop - start),
+        )
+
     def take(self, rows: np.ndarray) -> EncodedBatch:
         index = pa.array(rows)
         return EncodedBatch(

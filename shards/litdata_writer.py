@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.encoding import EncodedBatch
-from shards.tar_writer import ShardFile, string_bytes
+from shards.tar_writer import BackgroundWrites, ShardFile, string_bytes, write_file
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,12 @@ def encode_items(batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ChunkWriter:
-    """Writes one split's items into ``chunk-0-<i>.bin`` files plus ``index.json``."""
+    """Writes one split's items into ``chunk-0-<i>.bin`` files plus ``index.json``.
+
+    Chunk files are written by a background thread (see :mod:`shards.tar_writer`); ``close``
+    returns once they are complete, and ``on_chunk(path, count)`` is called (on the caller's
+    thread) once a chunk is.
+    """
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class ChunkWriter:
         self._pending: list[np.ndarray] = []  # item byte arrays of the open chunk
         self._pending_sizes: list[np.ndarray] = []
         self._pending_bytes = 0
+        self._writes = BackgroundWrites()
 
     def write(self, batch: EncodedBatch) -> None:
         if len(batch) == 0:
@@ -131,6 +137,7 @@ class ChunkWriter:
                 "updated_at": self.updated_at,
             }
             (self.directory / INDEX_FILENAME).write_text(json.dumps(index, sort_keys=True))
+        self._writes.close()
         return self.files
 
     def _flush(self) -> None:
@@ -143,15 +150,13 @@ class ChunkWriter:
         name = f"chunk-0-{len(self.files)}.bin"
         path = self.directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as handle:
-            handle.write(np.array([n], dtype="<u4").tobytes())
-            handle.write(offsets.astype("<u4").tobytes())
-            for piece in self._pending:
-                handle.write(memoryview(piece))
+        head = np.array([n], dtype="<u4").tobytes() + offsets.astype("<u4").tobytes()
+        self._writes.submit(write_file, path, [head, *self._pending])
         size = int(offsets[-1])
         self._chunks.append({"chunk_bytes": size, "chunk_size": n, "dim": None, "filename": name})
         self.files.append(ShardFile(name, n))
         self._pending, self._pending_sizes, self._pending_bytes = [], [], 0
         log.info("wrote %s (%d items)", path, n)
         if self.on_chunk is not None:
+            self._writes.wait()
             self.on_chunk(path, n)

@@ -96,7 +96,7 @@ class GroupWriter:
         self.group = group
         self.folder = folder
         self.fingerprint = ContentFingerprint(spec.source_columns())
-        self.tar, self.chunks = _writers(spec, plan, folder)
+        self.tar, self.chunks = shard_writers(spec, plan, folder)
 
     def write(self, rows: pa.RecordBatch, encoded: EncodedBatch) -> None:
         self.fingerprint.update(rows)
@@ -151,20 +151,19 @@ def _chunk_items(path: Path) -> int:
         return int.from_bytes(handle.read(4), "little")
 
 
-def _writers(spec: PublishSpec, plan: Plan, folder: Path) -> tuple[Any, Any]:
+def shard_writers(spec: PublishSpec, plan: Plan, folder: Path) -> tuple[Any, Any]:
+    """The WebDataset and LitData writers of one group's files, in the spec's layout (the two
+    block writers share one encoding of each block)."""
     if spec.layout == "block":
-        from shards.blocks import BlockChunkWriter, BlockTarShardWriter
+        from shards.blocks import block_writers
 
-        return (
-            BlockTarShardWriter(
-                folder / "webdataset", spec.webdataset.samples_per_shard, spec.block.rows
-            ),
-            BlockChunkWriter(
-                folder / "litdata",
-                spec.litdata.chunk_bytes,
-                block_rows=spec.block.rows,
-                updated_at=plan.version,
-            ),
+        return block_writers(
+            folder / "webdataset",
+            folder / "litdata",
+            samples_per_shard=spec.webdataset.samples_per_shard,
+            chunk_bytes=spec.litdata.chunk_bytes,
+            block_rows=spec.block.rows,
+            updated_at=plan.version,
         )
     return (
         TarShardWriter(folder / "webdataset", spec.webdataset.samples_per_shard),

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import shards.blocks
 from shards.blocks import (
     BLOCK_ENCODING,
     BLOCK_EXTENSION,
@@ -22,6 +23,7 @@ from shards.blocks import (
     BlockTarShardWriter,
     block_batches,
     block_litdata_config,
+    block_writers,
     concat_batches,
     decode_block,
     decode_blocks,
@@ -379,3 +381,71 @@ def test_blocks_take_at_most_twice_the_bytes_of_parquet(
         writer.close()
     assert _folder_bytes(tmp_path / "tar") <= 2 * parquet
     assert _folder_bytes(tmp_path / "chunks") <= 2 * parquet
+
+
+# --- one encoding per block for both formats -----------------------------------------------
+
+
+def _write_pair(batch: EncodedBatch, root: Path, sizes: list[int] = UNEVEN) -> None:
+    tar, chunks = block_writers(
+        root / "webdataset",
+        root / "litdata",
+        samples_per_shard=SAMPLES_PER_SHARD,
+        chunk_bytes=40_000,
+        block_rows=BLOCK_ROWS,
+        updated_at="v1",
+    )
+    for part in _parts(batch, sizes):
+        tar.write(part)
+        chunks.write(part)
+    assert sum(f.count for f in tar.close()) == sum(f.count for f in chunks.close())
+
+
+def test_paired_writers_encode_each_block_once_and_write_the_same_bytes(
+    encoded: EncodedBatch, tmp_path: Path, monkeypatch
+):
+    _write_tar(encoded, tmp_path / "alone" / "webdataset")
+    _write_chunks(encoded, tmp_path / "alone" / "litdata")
+    calls = []
+
+    def counted(block: EncodedBatch) -> bytes:
+        calls.append(len(block))
+        return encode_block(block)
+
+    monkeypatch.setattr(shards.blocks, "encode_block", counted)
+    _write_pair(encoded, tmp_path / "paired")
+    assert calls == [BLOCK_ROWS] * 9 + [len(encoded) % BLOCK_ROWS]
+    alone = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone").rglob("*.*"))
+    paired = sorted(p.relative_to(tmp_path / "paired") for p in (tmp_path / "paired").rglob("*.*"))
+    assert alone == paired and len(alone) > 4
+    for name in alone:
+        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "paired" / name).read_bytes()
+
+
+def test_paired_writers_given_different_rows_fail(encoded: EncodedBatch, tmp_path: Path):
+    tar, chunks = block_writers(
+        tmp_path / "tar",
+        tmp_path / "chunks",
+        samples_per_shard=SAMPLES_PER_SHARD,
+        chunk_bytes=40_000,
+        block_rows=BLOCK_ROWS,
+        updated_at="v1",
+    )
+    tar.write(slice_batch(encoded, 0, 300))
+    with pytest.raises(ValueError, match="given different rows"):
+        chunks.write(slice_batch(encoded, 1, 301))
+
+
+def test_a_block_has_the_same_bytes_whether_its_rows_are_a_slice_or_a_copy():
+    ids = pa.array([f"id{i:05d}" for i in range(1_000)])
+    meta = pa.array([f'{{"x":{i}}}' for i in range(1_000)])
+    features = np.random.default_rng(0).random((1_000, 3), dtype=np.float32)
+    labels = np.zeros(1_000, dtype=np.int64)
+    sliced = EncodedBatch(ids.slice(0, 7), features[:7], labels[:7], meta.slice(0, 7))
+    copied = EncodedBatch(
+        pa.array(ids.slice(0, 7).to_pylist()),
+        features[:7].copy(),
+        labels[:7].copy(),
+        pa.array(meta.slice(0, 7).to_pylist()),
+    )
+    assert encode_block(sliced) == encode_block(copied)

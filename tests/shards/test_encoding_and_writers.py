@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from shards import tar_writer
 from shards.encoding import EncodedBatch, EncodingError, SampleEncoder, check_example_ids
 from shards.litdata_writer import ChunkWriter
 from shards.publisher import plan_publication
 from shards.statistics import TrainStatistics
-from shards.tar_writer import TarShardWriter
+from shards.tar_writer import BackgroundWrites, TarShardWriter
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 
@@ -176,3 +177,55 @@ def test_features_follow_the_documented_order_with_nan_for_null_and_oov_code_zer
         "tailnum",
     ]
     assert meta["anchor_ts"].endswith("Z") and meta["label"] in (0, 1)
+
+
+def test_tar_shards_match_tarfile_for_uneven_keys_non_ascii_json_and_many_slices(
+    tmp_path: Path, monkeypatch
+):
+    monkeypatch.setattr(tar_writer, "SLICE", 3)  # slices that do not line up with shards
+    batch = _batch(11)
+    batch.ids = pa.array([f"k{'x' * (i % 4)}-{i}" for i in range(11)])  # unequal lengths
+    batch.meta = pa.array([json.dumps({"i": i, "city": "Zürich" * (i % 2)}) for i in range(11)])
+    writer = TarShardWriter(tmp_path, samples_per_shard=4)
+    writer.write(batch.slice(0, 5))
+    writer.write(batch.slice(5, 11))
+    files = writer.close()
+    assert [f.count for f in files] == [4, 4, 3]
+    for k, file in enumerate(files):
+        rows = range(4 * k, min(4 * k + 4, 11))
+        assert (tmp_path / file.name).read_bytes() == _tarfile_reference(batch, rows)
+
+
+def test_shards_and_chunks_are_complete_when_their_callbacks_run(tmp_path: Path):
+    seen: list[tuple[str, int, int]] = []
+
+    def on_file(path: Path, count: int) -> None:
+        seen.append((path.name, count, path.stat().st_size))
+
+    batch = _batch(300, meta_pad=1)
+    tar = TarShardWriter(tmp_path / "tar", samples_per_shard=100, on_shard=on_file)
+    chunks = ChunkWriter(
+        tmp_path / "chunks", 4_000, label_kind="int", updated_at="v1", on_chunk=on_file
+    )
+    for writer in (tar, chunks):
+        writer.write(batch)
+    files = [*tar.close(), *chunks.close()]
+    assert [(name, count) for name, count, _ in seen] == [(f.name, f.count) for f in files]
+    folders = ["tar"] * 3 + ["chunks"] * (len(files) - 3)
+    paths = [tmp_path / folder / f.name for folder, f in zip(folders, files, strict=True)]
+    assert [size for _, _, size in seen] == [path.stat().st_size for path in paths]
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call():
+    def fail() -> None:
+        raise OSError("disk full")
+
+    writes = BackgroundWrites(depth=1)
+    writes.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writes.submit(lambda: None)  # waits for the failed call first (depth 1)
+    writes.close()
+    writes = BackgroundWrites()
+    writes.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writes.close()
