@@ -155,7 +155,9 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> PublishResult:
     table = synthetic_gold(2_600, seed=5)
     spec = flights_publish_spec(
         layout="example",
-        webdataset={"samples_per_shard": 150}, litdata={"chunk_bytes": 16_384}, batch_size=512
+        webdataset={"samples_per_shard": 150},
+        litdata={"chunk_bytes": 16_384},
+        batch_size=512,
     )
     storage = open_storage(str(tmp_path_factory.mktemp("ddp") / "lake"))
     return publish(spec, storage, lambda: table.to_batches(max_chunksize=1_024))
