@@ -16,13 +16,17 @@ file, so a file of ``n`` examples has ``ceil(n / block_rows)`` blocks, all full 
 from __future__ import annotations
 
 import hashlib
+import io
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
 
 from shards import distributed
 from shards.blocks import BLOCK_EXTENSION, Block, block_batches, decode_block
 from shards.readers import EpochAssignment, iter_tar_samples, worker_env
+from shards.storage import is_s3_url
 
 
 def block_lengths(examples: int, block_rows: int) -> list[int]:
@@ -65,22 +69,31 @@ class BlockSpans(EpochAssignment):
     def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
         raise NotImplementedError
 
+    def block_runs(
+        self, spans: list[distributed.Span]
+    ) -> Iterator[tuple[distributed.Span, list[tuple[int, int, int]]]]:
+        """Each span with its runs: ``(block, first example, end)`` inside the file."""
+        for span in spans:
+            lengths = block_lengths(self.units[span.file], self.block_rows)
+            runs = distributed.runs_in_range(lengths, span.start, span.stop)
+            if runs:
+                yield span, runs
+
+    def read_spans(self, spans: list[distributed.Span]) -> Iterator[tuple[Any, Any, Any]]:
+        """``(span, runs, encoded blocks)`` in read order (subclasses may read ahead)."""
+        for span, runs in self.block_runs(spans):
+            yield span, runs, self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)
+
     def blocks(self, worker: int = 0, num_workers: int = 1) -> Iterator[Block]:
         """The examples of this worker's spans, as (sliced) blocks in read order."""
-        for span in self.spans(worker, num_workers):
-            runs = distributed.runs_in_range(
-                block_lengths(self.units[span.file], self.block_rows), span.start, span.stop
-            )
-            if not runs:
-                continue
-            encoded = self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)
+        for span, runs, encoded in self.read_spans(self.spans(worker, num_workers)):
+            lengths = block_lengths(self.units[span.file], self.block_rows)
             for (index, lo, hi), data in zip(runs, encoded, strict=True):
                 block = decode_block(data, meta=not self.as_tuple)
-                expected = block_lengths(self.units[span.file], self.block_rows)[index]
-                if len(block) != expected:
+                if len(block) != lengths[index]:
                     raise ValueError(
                         f"file {span.file}, block {index}: {len(block)} examples, "
-                        f"the manifest implies {expected}"
+                        f"the manifest implies {lengths[index]}"
                     )
                 yield block if (lo, hi) == (0, len(block)) else block.slice(lo, hi)
 
@@ -98,17 +111,20 @@ class BlockSpans(EpochAssignment):
 
 
 class TarBlockSpans(BlockSpans):
-    """Blocks from WebDataset tar shards (local or ``s3://``, streamed)."""
+    """Blocks from WebDataset tar shards: local files streamed, ``s3://`` objects fetched
+    whole, ``READ_AHEAD`` at a time in threads while the blocks before them are decoded."""
+
+    READ_AHEAD = 4
 
     def __init__(self, urls: list[str], examples: list[int], opener: Any, **options: Any):
         super().__init__(examples, **options)
         self.urls = list(urls)
         self.opener = opener
 
-    def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
+    def read_blocks(self, file: int, first: int, last: int, stream: Any = None) -> Iterator[Any]:
         url = self.urls[file]
         seen = 0
-        with closing(iter_tar_samples(self.opener.open(url), url)) as samples:
+        with closing(iter_tar_samples(stream or self.opener.open(url), url)) as samples:
             for sample in samples:
                 if seen >= first:
                     yield sample[BLOCK_EXTENSION]
@@ -116,6 +132,30 @@ class TarBlockSpans(BlockSpans):
                 if seen == last:
                     return
         raise ValueError(f"{url}: {seen} blocks, but the manifest implies at least {last}")
+
+    def read_spans(self, spans: list[distributed.Span]) -> Iterator[tuple[Any, Any, Any]]:
+        if not any(is_s3_url(self.urls[span.file]) for span in spans):
+            yield from super().read_spans(spans)
+            return
+        todo = iter(self.block_runs(spans))
+        with ThreadPoolExecutor(self.READ_AHEAD) as pool:
+            pending: deque[tuple[Any, Any, Future]] = deque()
+            for span, runs in todo:
+                pending.append((span, runs, pool.submit(self._fetch, span.file)))
+                if len(pending) < self.READ_AHEAD:
+                    continue
+                span, runs, fetched = pending.popleft()
+                yield span, runs, self._blocks(span, runs, fetched.result())
+            while pending:
+                span, runs, fetched = pending.popleft()
+                yield span, runs, self._blocks(span, runs, fetched.result())
+
+    def _fetch(self, file: int) -> io.BytesIO:
+        with closing(self.opener.open(self.urls[file])) as stream:
+            return io.BytesIO(stream.read())
+
+    def _blocks(self, span: distributed.Span, runs: list, data: io.BytesIO) -> Iterator[Any]:
+        return self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1, data)
 
 
 class LitDataBlockSpans(BlockSpans):
