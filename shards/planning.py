@@ -8,6 +8,7 @@ pods share it through storage (``<version>/plan.json``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -62,12 +63,14 @@ def select_columns(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
 
 
 class GroupFingerprints:
-    """A content fingerprint per shard group, fed batch by batch (rows in source order)."""
+    """A content fingerprint per shard group, and one of the rows outside every split, fed
+    batch by batch (rows in source order); together they fingerprint the whole source."""
 
     def __init__(self, spec: PublishSpec):
         self.spec = spec
         self.columns = spec.source_columns()
         self.states: dict[tuple[int, int], ContentFingerprint] = {}
+        self.excluded = ContentFingerprint(self.columns)
 
     def update(self, batch: pa.RecordBatch, assignment: np.ndarray) -> None:
         for (day, split), rows in group_rows(self.spec, batch, assignment):
@@ -75,6 +78,21 @@ class GroupFingerprints:
             if state is None:
                 state = self.states[(day, split)] = ContentFingerprint(self.columns)
             state.update(rows)
+        outside = assignment == EXCLUDED
+        if outside.any():
+            self.excluded.update(batch.filter(pa.array(outside)))
+
+    @property
+    def rows(self) -> int:
+        return self.excluded.rows + sum(state.rows for state in self.states.values())
+
+    def hexdigest(self) -> str:
+        """The source's fingerprint: every group's (in order) and the excluded rows'."""
+        total = hashlib.sha256(f"rows={self.rows}\n".encode())
+        for (day, split), state in sorted(self.states.items()):
+            total.update(f"{day}/{split}={state.rows}:{state.hexdigest()}\n".encode())
+        total.update(f"excluded={self.excluded.rows}:{self.excluded.hexdigest()}\n".encode())
+        return total.hexdigest()
 
     def groups(self) -> list[Group]:
         names = self.spec.split_names
@@ -184,7 +202,6 @@ def encoding_inputs(spec: PublishSpec, statistics: dict[str, Any], label_kind: s
 def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Plan:
     """Pass 1: splits, guards, counts, train statistics, fingerprints, groups, version id."""
     checker = SplitChecker(spec)
-    fingerprint = ContentFingerprint(checker.columns)
     groups = GroupFingerprints(spec)
     stats = TrainStatistics(
         spec.numeric_features, spec.categorical_features, max_vocab=spec.max_vocab
@@ -193,7 +210,6 @@ def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Pl
     label_kind = None
     for raw in batches:
         batch, assignment = checker.assign(raw)
-        fingerprint.update(batch)
         groups.update(batch, assignment)
         stats.update(batch, assignment == train)
         if label_kind is None and batch.num_rows:
@@ -201,11 +217,11 @@ def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Pl
                 "int" if label_values(batch.column(spec.label)).dtype.kind == "i" else "float"
             )
     code = code_version()
-    digest = fingerprint.hexdigest()
+    digest = groups.hexdigest()
     version = version_id(
         definition=spec.definition(),
         fingerprint=digest,
-        rows=fingerprint.rows,
+        rows=groups.rows,
         encoding=ENCODING_VERSION,
         code=code,
     )
@@ -218,7 +234,7 @@ def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Pl
     return Plan(
         version=version,
         fingerprint=digest,
-        rows=fingerprint.rows,
+        rows=groups.rows,
         counts=checker.count_map(),
         excluded=checker.excluded,
         statistics=statistics,
