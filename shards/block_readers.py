@@ -18,15 +18,33 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from typing import Any
+from typing import Any, TypeVar
 
 from shards import distributed
 from shards.blocks import BLOCK_EXTENSION, Block, block_batches, decode_block
 from shards.readers import EpochAssignment, iter_tar_samples, worker_env
 from shards.storage import is_s3_url
+
+T = TypeVar("T")
+
+
+def read_ahead(
+    items: Iterable[T], fetch: Callable[[T], Any], ahead: int
+) -> Iterator[tuple[T, Any]]:
+    """``(item, fetch(item))`` in order, with up to ``ahead`` fetches running in threads."""
+    with ThreadPoolExecutor(ahead) as pool:
+        pending: deque[tuple[T, Future]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(fetch, item)))
+            if len(pending) >= ahead:
+                first, fetched = pending.popleft()
+                yield first, fetched.result()
+        while pending:
+            first, fetched = pending.popleft()
+            yield first, fetched.result()
 
 
 def block_lengths(examples: int, block_rows: int) -> list[int]:
@@ -137,36 +155,49 @@ class TarBlockSpans(BlockSpans):
         if not any(is_s3_url(self.urls[span.file]) for span in spans):
             yield from super().read_spans(spans)
             return
-        todo = iter(self.block_runs(spans))
-        with ThreadPoolExecutor(self.READ_AHEAD) as pool:
-            pending: deque[tuple[Any, Any, Future]] = deque()
-            for span, runs in todo:
-                pending.append((span, runs, pool.submit(self._fetch, span.file)))
-                if len(pending) < self.READ_AHEAD:
-                    continue
-                span, runs, fetched = pending.popleft()
-                yield span, runs, self._blocks(span, runs, fetched.result())
-            while pending:
-                span, runs, fetched = pending.popleft()
-                yield span, runs, self._blocks(span, runs, fetched.result())
+        fetched = read_ahead(self.block_runs(spans), self._fetch_run, self.READ_AHEAD)
+        for (span, runs), data in fetched:
+            yield span, runs, self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1, data)
+
+    def _fetch_run(self, span_runs: tuple[distributed.Span, Any]) -> io.BytesIO:
+        return self._fetch(span_runs[0].file)
 
     def _fetch(self, file: int) -> io.BytesIO:
         with closing(self.opener.open(self.urls[file])) as stream:
             return io.BytesIO(stream.read())
 
-    def _blocks(self, span: distributed.Span, runs: list, data: io.BytesIO) -> Iterator[Any]:
-        return self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1, data)
-
 
 class LitDataBlockSpans(BlockSpans):
     """Blocks from LitData chunks, read by index through a ``litdata.StreamingDataset``
-    (which downloads and caches the chunks)."""
+    (which downloads and caches the chunks). With ``fetch`` (a callable that puts chunk
+    ``file`` into litdata's local folder), the chunks of the next spans are fetched in
+    threads, ``READ_AHEAD`` at a time, while the blocks before them are decoded."""
 
-    def __init__(self, dataset: Any, items: list[int], examples: list[int], **options: Any):
+    READ_AHEAD = 4
+
+    def __init__(
+        self,
+        dataset: Any,
+        items: list[int],
+        examples: list[int],
+        *,
+        fetch: Callable[[int], None] | None = None,
+        **options: Any,
+    ):
         super().__init__(examples, **options)
         self.dataset = dataset
+        self.fetch = fetch
         self.first_item = [sum(items[:i]) for i in range(len(items))]
 
     def read_blocks(self, file: int, first: int, last: int) -> Iterator[Any]:
         for index in range(first, last):
             yield self.dataset[self.first_item[file] + index]
+
+    def read_spans(self, spans: list[distributed.Span]) -> Iterator[tuple[Any, Any, Any]]:
+        if self.fetch is None:
+            yield from super().read_spans(spans)
+            return
+        fetch = self.fetch
+        fetched = read_ahead(self.block_runs(spans), lambda run: fetch(run[0].file), 4)
+        for (span, runs), _ in fetched:
+            yield span, runs, self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)

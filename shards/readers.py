@@ -543,10 +543,15 @@ def open_litdata(
         from litdata import StreamingDataset
 
         chunks = [e for e in manifest["splits"][split]["litdata"]["files"] if e["samples"]]
+        fetch = None
+        if is_s3_url(dataset_url):
+            names = [e["path"].rpartition("/")[2] for e in chunks]
+            fetch = ChunkFetcher(input_dir.url, input_dir.path, names, storage_options)
         return _torch_class("LitDataBlockDataset")(
             StreamingDataset(input_dir=input_dir, storage_options=storage_options),
             [e["items"] for e in chunks],
             [e["samples"] for e in chunks],
+            fetch=fetch,
             **_block_options(
                 manifest, batch_size, SHUFFLE_EXAMPLES * shuffle, seed, as_tuple, drop_last
             ),
@@ -561,6 +566,35 @@ def open_litdata(
         transform=transform,
         **(dataset_options or {}),
     )
+
+
+class ChunkFetcher:
+    """Puts a chunk into litdata's local folder ahead of litdata (with litdata's own
+    downloader; written under a temporary name, then renamed, as litdata does), so that the
+    block reader can fetch the next chunks while it decodes."""
+
+    def __init__(self, remote: str, local: str, filenames: list[str], options: dict[str, Any]):
+        self.remote, self.local, self.filenames, self.options = remote, local, filenames, options
+        self._downloader: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_downloader": None}
+
+    def __call__(self, file: int) -> None:
+        import threading
+
+        name = self.filenames[file]
+        target = os.path.join(self.local, name)
+        if os.path.exists(target):
+            return
+        if self._downloader is None:
+            from litdata.streaming.downloader import get_downloader
+
+            self._downloader = get_downloader(self.remote, self.local, [], self.options)
+        staged = f"{target}.prefetch.{os.getpid()}.{threading.get_ident()}"
+        with open(staged, "wb") as handle:
+            self._downloader.download_fileobj(f"{self.remote}/{name}", handle)
+        os.replace(staged, target)
 
 
 def _block_options(
