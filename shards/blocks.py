@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.encoding import EncodedBatch
-from shards.litdata_writer import INDEX_FILENAME
+from shards.litdata_writer import INDEX_FILENAME, binary_writer_config
 from shards.tar_writer import BLOCK, RECORD, ShardFile, ustar_headers
 
 log = logging.getLogger(__name__)
@@ -406,19 +406,7 @@ class BlockTarShardWriter:
 
 def block_litdata_config(chunk_bytes: int) -> dict[str, Any]:
     """The ``config`` block ``BinaryWriter`` writes for bare ``bytes`` items."""
-    return {
-        "chunk_bytes": chunk_bytes,
-        "chunk_size": None,
-        "compression": None,
-        "compression_batch_size": None,
-        "compression_level": None,
-        "data_format": ["bytes"],
-        "data_spec": _BYTES_DATA_SPEC,
-        "encryption": None,
-        "ipc_compression": None,
-        "item_loader": "PyTreeLoader",
-        "types": "bytes",
-    }
+    return binary_writer_config(chunk_bytes, ["bytes"], _BYTES_DATA_SPEC, "bytes")
 
 
 class BlockChunkWriter:

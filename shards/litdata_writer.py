@@ -40,21 +40,33 @@ _DATA_SPEC = (
 )
 
 
-def litdata_config(label_kind: str, chunk_bytes: int) -> dict[str, Any]:
-    """The ``config`` block BinaryWriter writes for these items (``label_kind``: int/float)."""
+def binary_writer_config(
+    chunk_bytes: int, data_format: list[str], data_spec: str, types: Any
+) -> dict[str, Any]:
+    """The ``config`` block ``BinaryWriter`` writes (uncompressed, unencrypted chunks)."""
     return {
         "chunk_bytes": chunk_bytes,
         "chunk_size": None,
         "compression": None,
         "compression_batch_size": None,
         "compression_level": None,
-        "data_format": [f"no_header_numpy:{FLOAT32_DTYPE_INDEX}", label_kind, "str"],
-        "data_spec": _DATA_SPEC,
+        "data_format": data_format,
+        "data_spec": data_spec,
         "encryption": None,
         "ipc_compression": None,
         "item_loader": "PyTreeLoader",
-        "types": {"features": "json", "label": label_kind, "meta": "str"},
+        "types": types,
     }
+
+
+def litdata_config(label_kind: str, chunk_bytes: int) -> dict[str, Any]:
+    """The ``config`` block BinaryWriter writes for these items (``label_kind``: int/float)."""
+    return binary_writer_config(
+        chunk_bytes,
+        [f"no_header_numpy:{FLOAT32_DTYPE_INDEX}", label_kind, "str"],
+        _DATA_SPEC,
+        {"features": "json", "label": label_kind, "meta": "str"},
+    )
 
 
 def encode_items(batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
