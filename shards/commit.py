@@ -21,6 +21,7 @@ from shards.manifest import (
     MANIFEST_VERSION,
     dataset_prefix,
     group_record_key,
+    latest_key,
     litdata_index_path,
     manifest_bytes,
     manifest_key,
@@ -31,21 +32,61 @@ from shards.storage import Storage
 FORMATS = ("webdataset", "litdata")
 
 
-def read_group_records(storage: Storage, spec: PublishSpec, plan: Plan) -> list[dict[str, Any]]:
-    """Every planned group's record, checked against the plan (in plan order)."""
+def read_group_records(
+    storage: Storage, spec: PublishSpec, plan: Plan, known: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Every planned group's record, checked against the plan (in plan order).
+
+    Records come from ``known`` (what the parts just wrote), then from the latest published
+    manifest (:func:`latest_records`), and only the rest are read from ``groups/``: a new
+    day costs a few requests, not one per group of the dataset's history.
+    """
+    found = {**latest_records(storage, spec.name), **(known or {})}
 
     def read(key: str) -> dict[str, Any]:
+        if key in found:
+            return found[key]
         return json.loads(storage.get_bytes(group_record_key(spec.name, key)))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         records = list(pool.map(read, [group.key for group in plan.groups]))
     for group, record in zip(plan.groups, records, strict=True):
-        if (record["split"], record["period"], record["rows"]) != (
+        if (record["key"], record["split"], record["period"], record["rows"]) != (
+            group.key,
             group.split,
             group.period,
             group.rows,
         ):
             raise PublishError(f"group record {group.key} does not match the plan")
+    return records
+
+
+def latest_records(storage: Storage, name: str) -> dict[str, dict[str, Any]]:
+    """The group records of the latest published version, by key (none if there is none)."""
+    latest = latest_key(name)
+    if not storage.exists(latest):
+        return {}
+    version = storage.get_bytes(latest).decode().strip()
+    if not storage.exists(manifest_key(name, version)):
+        return {}
+    manifest = json.loads(storage.get_bytes(manifest_key(name, version)))
+    return (
+        manifest_records(manifest) if manifest.get("manifest_version") == MANIFEST_VERSION else {}
+    )
+
+
+def manifest_records(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The group records a manifest describes: each group lists the ``[start, stop)`` of its
+    files in each format's list."""
+    records = {}
+    for name, split in manifest["splits"].items():
+        for group in split["groups"]:
+            record = {"key": group["key"], "split": name, "period": group["period"]}
+            record["rows"] = group["rows"]
+            for fmt in FORMATS:
+                start, stop = group[fmt]
+                record[fmt] = split[fmt]["files"][start:stop]
+            records[group["key"]] = record
     return records
 
 
@@ -119,10 +160,7 @@ def build_manifest(
     splits: dict[str, Any] = {}
     for name in spec.split_names:
         mine = [r for r in records if r["split"] == name]
-        entry: dict[str, Any] = {
-            "count": plan.counts[name],
-            "groups": [{"period": r["period"], "rows": r["rows"], "key": r["key"]} for r in mine],
-        }
+        entry: dict[str, Any] = {"count": plan.counts[name], "groups": _groups(mine)}
         for fmt in FORMATS:
             files = [dict(e) for r in mine for e in r[fmt]]
             written = sum(e["samples"] for e in files)
@@ -164,6 +202,19 @@ def build_manifest(
     }
 
 
+def _groups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A split's groups in order, each with the range of its files in each format's list."""
+    groups = []
+    offsets = dict.fromkeys(FORMATS, 0)
+    for record in records:
+        group = {"period": record["period"], "rows": record["rows"], "key": record["key"]}
+        for fmt in FORMATS:
+            group[fmt] = [offsets[fmt], offsets[fmt] + len(record[fmt])]
+            offsets[fmt] += len(record[fmt])
+        groups.append(group)
+    return groups
+
+
 def _encoding(spec: PublishSpec, plan: Plan, width: int) -> dict[str, Any]:
     meta_keys = ["example_id", "anchor_ts", "label", *spec.targets, *spec.meta_columns]
     if spec.layout == "block":
@@ -203,14 +254,18 @@ def _encoding(spec: PublishSpec, plan: Plan, width: int) -> dict[str, Any]:
 
 
 def commit(
-    storage: Storage, spec: PublishSpec, plan: Plan, lineage: dict[str, Any] | None = None
+    storage: Storage,
+    spec: PublishSpec,
+    plan: Plan,
+    lineage: dict[str, Any] | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Verify, write the indexes and the manifest; ``(manifest, written)``.
 
     ``written`` is False when the version's manifest was already there (a racing publication
     of the same inputs won); the manifest returned is then the one in storage.
     """
-    records = read_group_records(storage, spec, plan)
+    records = read_group_records(storage, spec, plan, known)
     verify_objects(storage, spec, records)
     indexes = write_split_indexes(storage, spec, plan, records)
     manifest = build_manifest(spec, plan, records, indexes, lineage)

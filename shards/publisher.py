@@ -147,16 +147,16 @@ def write_parts(
     workers: int = 1,
     workdir: Path,
     progress: Progress | None = None,
-) -> None:
-    """Run the parts one after another (``workers=1``) or in that many local processes."""
+) -> dict[str, dict[str, Any]]:
+    """Run the parts one after another (``workers=1``) or in that many local processes;
+    returns the records of the groups they wrote, by key."""
+    records: dict[str, dict[str, Any]] = {}
     if workers <= 1 or len(parts) <= 1:
         for part in parts:
-            _write_spilled_part(spec, plan, part, spill, storage, workdir)
-            _say(
-                progress,
-                f"{spec.name} {plan.version}: part {part.index} ({part.rows} rows) written",
-            )
-        return
+            written = _write_spilled_part(spec, plan, part, spill, storage, workdir)
+            records.update((record["key"], record) for record in written)
+            _say(progress, _part_done(spec, plan, part))
+        return records
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -166,11 +166,9 @@ def write_parts(
             for part in parts
         ]
         for part, future in zip(parts, futures, strict=True):
-            future.result()
-            _say(
-                progress,
-                f"{spec.name} {plan.version}: part {part.index} ({part.rows} rows) written",
-            )
+            records.update((record["key"], record) for record in future.result())
+            _say(progress, _part_done(spec, plan, part))
+    return records
 
 
 def publish(
@@ -237,10 +235,11 @@ def publish(
             f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
             f"write in {len(parts)} part(s); the others are already in storage",
         )
+        written: dict[str, dict[str, Any]] = {}
         if run_parts is not None:
             run_parts(spec, plan, parts)
         else:
-            write_parts(
+            written = write_parts(
                 spec,
                 plan,
                 parts,
@@ -252,9 +251,9 @@ def publish(
             )
         timings["write_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    manifest, written = commit(storage, spec, plan, lineage)
+    manifest, created = commit(storage, spec, plan, lineage, written)
     timings["commit_s"] = time.perf_counter() - started
-    if not written:
+    if not created:
         _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do")
         return result("exists", manifest, len(todo))
     write_latest(storage, spec.name, plan.version)

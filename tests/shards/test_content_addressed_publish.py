@@ -91,13 +91,17 @@ def test_a_new_day_uploads_only_the_objects_of_its_own_group(
     storage = s3(s3_bucket, s3_endpoint)
     first = publish(SPEC, storage, source(until(year, LAST_DAY)))
     full_puts = s3_server.puts(s3_bucket)
+    gets = s3_server.requests[(s3_bucket, "GET")]
     second = publish(SPEC, storage, source(year))
     day_puts = s3_server.puts(s3_bucket) - full_puts
+    day_gets = s3_server.requests[(s3_bucket, "GET")] - gets
 
     assert (first.status, second.status) == ("published", "published")
     assert second.version != first.version
     groups = sum(len(split["groups"]) for split in second.manifest["splits"].values())
     assert (second.groups_written, second.groups_reused) == (1, groups - 1)
+    # the reused groups' records come from the latest manifest, not one GET each
+    assert day_gets <= 6 < groups
     old = {e["path"] for e in manifest_files(first.manifest)}
     new_objects = [
         e["path"]
