@@ -149,33 +149,29 @@ def test_bad_ranks_workers_and_counts_are_rejected():
 # --- the reader datasets, in one process ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> PublishResult:
+def _published(folder: Path, **layout: Any) -> PublishResult:
     """~2.6k synthetic rows; train has ~2.2k samples in many shards/chunks of unequal sizes."""
     table = synthetic_gold(2_600, seed=5)
-    spec = flights_publish_spec(
-        layout="example",
-        webdataset={"samples_per_shard": 150},
-        litdata={"chunk_bytes": 16_384},
-        batch_size=512,
+    spec = flights_publish_spec(webdataset={"samples_per_shard": 150}, batch_size=512, **layout)
+    return publish(spec, open_storage(str(folder / "lake")), lambda: table.to_batches(1_024))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> PublishResult:
+    return _published(
+        tmp_path_factory.mktemp("ddp"), layout="example", litdata={"chunk_bytes": 16_384}
     )
-    storage = open_storage(str(tmp_path_factory.mktemp("ddp") / "lake"))
-    return publish(spec, storage, lambda: table.to_batches(max_chunksize=1_024))
 
 
 @pytest.fixture(scope="module")
 def published_blocks(tmp_path_factory: pytest.TempPathFactory) -> PublishResult:
     """The same rows in the block layout: blocks of 64 examples, 3 blocks per shard."""
-    table = synthetic_gold(2_600, seed=5)
-    spec = flights_publish_spec(
+    return _published(
+        tmp_path_factory.mktemp("ddp-blocks"),
         layout="block",
         block={"rows": 64},
-        webdataset={"samples_per_shard": 150},
         litdata={"chunk_bytes": 8_192},
-        batch_size=512,
     )
-    storage = open_storage(str(tmp_path_factory.mktemp("ddp-blocks") / "lake"))
-    return publish(spec, storage, lambda: table.to_batches(max_chunksize=1_024))
 
 
 def _keys(dataset: Any) -> list[str]:
