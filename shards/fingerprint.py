@@ -38,6 +38,25 @@ def _canonical(column: pa.Array) -> tuple[bytes, bytes | None]:
     return body, np.diff(offsets).tobytes()
 
 
+class CanonicalColumns:
+    """A batch's columns in their canonical byte form, computed once, so that many row ranges
+    of it can be hashed (:meth:`ContentFingerprint.update_range`) without converting again."""
+
+    def __init__(self, batch: pa.RecordBatch, columns: list[str]):
+        self.rows = batch.num_rows
+        self.columns: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        for name in columns:
+            column = batch.column(name)
+            valid = pc.is_valid(column).to_numpy(zero_copy_only=False).astype(np.uint8)
+            body, sizes = _canonical(column)
+            if sizes is None:  # fixed width: 8 bytes per row
+                self.columns[name] = (valid, np.frombuffer(body, dtype=np.uint8), None)
+            else:
+                lengths = np.frombuffer(sizes, dtype=np.int64)
+                offsets = np.concatenate([[0], np.cumsum(lengths)])
+                self.columns[name] = (valid, np.frombuffer(body, dtype=np.uint8), offsets)
+
+
 class ContentFingerprint:
     """sha256-based fingerprint over named columns of a stream of record batches."""
 
@@ -59,6 +78,20 @@ class ContentFingerprint:
             values.update(body)
             if sizes is not None:
                 lengths.update(sizes)
+
+    def update_range(self, canonical: CanonicalColumns, start: int, stop: int) -> None:
+        """The same as :meth:`update` with rows ``start:stop`` of the batch ``canonical``
+        was made from."""
+        self.rows += stop - start
+        for name in self.columns:
+            valid, body, offsets = canonical.columns[name]
+            validity, values, lengths = self._hashers[name]
+            validity.update(valid[start:stop].tobytes())
+            if offsets is None:
+                values.update(body[8 * start : 8 * stop].tobytes())
+            else:
+                values.update(body[offsets[start] : offsets[stop]].tobytes())
+                lengths.update(np.diff(offsets[start : stop + 1]).tobytes())
 
     def hexdigest(self) -> str:
         total = hashlib.sha256(f"rows={self.rows}\n".encode())

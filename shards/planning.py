@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from shards.definition import GroupSplit, PublishSpec, TimeSplit
 from shards.encoding import ENCODING_VERSION, check_example_ids, label_values
-from shards.fingerprint import ContentFingerprint
+from shards.fingerprint import CanonicalColumns, ContentFingerprint
 from shards.groups import Group, anchor_periods, group_key, period_label
 from shards.manifest import code_version, encoder_version, version_id
 from shards.splits import EXCLUDED, SplitAssigner, SplitGuard, anchor_micros
@@ -73,11 +73,19 @@ class GroupFingerprints:
         self.excluded = ContentFingerprint(self.columns)
 
     def update(self, batch: pa.RecordBatch, assignment: np.ndarray) -> None:
-        for (day, split), rows in group_rows(self.spec, batch, assignment):
-            state = self.states.get((day, split))
-            if state is None:
-                state = self.states[(day, split)] = ContentFingerprint(self.columns)
-            state.update(rows)
+        order, runs = group_runs(self.spec, batch, assignment)
+        if runs:
+            ordered = (
+                batch.take(pa.array(order))
+                if len(runs) > 1
+                else batch.filter(pa.array(assignment != EXCLUDED))
+            )
+            canonical = CanonicalColumns(ordered, self.columns)
+            for cell, start, end in runs:
+                state = self.states.get(cell)
+                if state is None:
+                    state = self.states[cell] = ContentFingerprint(self.columns)
+                state.update_range(canonical, start, end)
         outside = assignment == EXCLUDED
         if outside.any():
             self.excluded.update(batch.filter(pa.array(outside)))
