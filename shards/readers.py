@@ -545,8 +545,11 @@ def open_litdata(
         chunks = [e for e in manifest["splits"][split]["litdata"]["files"] if e["samples"]]
         fetch = None
         if is_s3_url(dataset_url):
+            # The reader fetches each chunk (ahead, in threads) before it reads from it, so
+            # litdata reads the local folder, as it does for a local dataset.
             names = [e["path"].rpartition("/")[2] for e in chunks]
             fetch = ChunkFetcher(input_dir.url, input_dir.path, names, storage_options)
+            input_dir = input_dir.path
         return _torch_class("LitDataBlockDataset")(
             StreamingDataset(input_dir=input_dir, storage_options=storage_options),
             [e["items"] for e in chunks],
@@ -569,16 +572,13 @@ def open_litdata(
 
 
 class ChunkFetcher:
-    """Puts a chunk into litdata's local folder ahead of litdata (with litdata's own
-    downloader; written under a temporary name, then renamed, as litdata does), so that the
-    block reader can fetch the next chunks while it decodes."""
+    """Puts a chunk into litdata's local folder (written under a temporary name, then renamed,
+    as litdata does), so that the block reader can fetch the next chunks while it decodes and
+    litdata reads them as local files."""
 
     def __init__(self, remote: str, local: str, filenames: list[str], options: dict[str, Any]):
-        self.remote, self.local, self.filenames, self.options = remote, local, filenames, options
-        self._downloader: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_downloader": None}
+        self.remote, self.local, self.filenames = remote, local, filenames
+        self.opener = _ShardOpener(options)
 
     def __call__(self, file: int) -> None:
         import threading
@@ -587,13 +587,9 @@ class ChunkFetcher:
         target = os.path.join(self.local, name)
         if os.path.exists(target):
             return
-        if self._downloader is None:
-            from litdata.streaming.downloader import get_downloader
-
-            self._downloader = get_downloader(self.remote, self.local, [], self.options)
-        staged = f"{target}.prefetch.{os.getpid()}.{threading.get_ident()}"
-        with open(staged, "wb") as handle:
-            self._downloader.download_fileobj(f"{self.remote}/{name}", handle)
+        staged = f"{target}.fetch.{os.getpid()}.{threading.get_ident()}"
+        with closing(self.opener.open(f"{self.remote}/{name}")) as body, open(staged, "wb") as out:
+            out.write(body.read())
         os.replace(staged, target)
 
 
