@@ -3,8 +3,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_publish.py [--rows 336776] [--workers 2]
 
 Synthetic gold in the shape of ``gold.flight_delay_examples`` over 2013 (``--rows`` rows) is
-published to ``s3://`` on a moto server on 127.0.0.1 that counts the PUT requests and the
-bytes they carry:
+published to ``s3://`` on a moto server on 127.0.0.1, in a process of its own as MinIO would
+be, that counts the PUT requests and the bytes they carry:
 
 1. **full**: the year without its last day (2013-12-30), into an empty bucket;
 2. **+1 day**: the whole year, next to it — only the new day's shard group is written;
@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shards.publisher import PublishResult, publish  # noqa: E402
 from shards.storage import S3Storage  # noqa: E402
-from tests.s3_server import CountingMotoServer, start_counting_server  # noqa: E402
+from tests.s3_server import MotoProcess  # noqa: E402
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold  # noqa: E402
 
 LAST_DAY = datetime(2013, 12, 30, tzinfo=UTC)
 
 
-def bucket(server: CountingMotoServer, endpoint: str, name: str) -> S3Storage:
+def bucket(server: MotoProcess, endpoint: str, name: str) -> S3Storage:
     storage = S3Storage(
         f"s3://{name}/lake",
         endpoint_url=endpoint,
@@ -47,20 +47,18 @@ def bucket(server: CountingMotoServer, endpoint: str, name: str) -> S3Storage:
     return storage
 
 
-def measured(server: CountingMotoServer, name: str, run) -> tuple[PublishResult, dict]:
-    puts, sent = server.puts(name), server.received[name]
+def measured(server: MotoProcess, name: str, run) -> tuple[PublishResult, dict]:
+    puts, sent = server.puts(name), server.received_bytes(name)
     started = time.perf_counter()
     result = run()
     return result, {
         "seconds": time.perf_counter() - started,
         "puts": server.puts(name) - puts,
-        "bytes": server.received[name] - sent,
+        "bytes": server.received_bytes(name) - sent,
     }
 
 
-def run_layout(
-    server: CountingMotoServer, endpoint: str, layout: str, args: argparse.Namespace
-) -> None:
+def run_layout(server: MotoProcess, endpoint: str, layout: str, args: argparse.Namespace) -> None:
     spec = flights_publish_spec(layout=layout)
     year = synthetic_gold(args.rows, seed=0)
     anchors = pc.cast(year["anchor_ts"], pa.timestamp("us", tz="UTC"))
@@ -108,7 +106,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--layouts", default="block,example")
     args = parser.parse_args()
-    server, endpoint = start_counting_server()
+    server = MotoProcess()
+    endpoint = server.endpoint
     try:
         for layout in args.layouts.split(","):
             run_layout(server, endpoint, layout, args)

@@ -56,6 +56,7 @@ from shards.readers import (
 )
 from shards.splits import SplitAssigner
 from shards.storage import S3Storage, open_storage
+from tests.s3_server import MotoProcess
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
 CREDENTIALS = {
@@ -71,38 +72,6 @@ def rate(count: int, seconds: float) -> float:
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-class MotoProcess:
-    """moto's S3 server in a process of its own (as MinIO would be), so that serving objects
-    does not compete with the reader for this process's interpreter lock."""
-
-    def __init__(self) -> None:
-        import socket
-        import subprocess
-        import sys
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def start_s3() -> tuple[MotoProcess, str]:

@@ -198,6 +198,8 @@ class LitDataBlockSpans(BlockSpans):
             yield from super().read_spans(spans)
             return
         fetch = self.fetch
-        fetched = read_ahead(self.block_runs(spans), lambda run: fetch(run[0].file), 4)
+        fetched = read_ahead(
+            self.block_runs(spans), lambda run: fetch(run[0].file), self.READ_AHEAD
+        )
         for (span, runs), _ in fetched:
             yield span, runs, self.read_blocks(span.file, runs[0][0], runs[-1][0] + 1)

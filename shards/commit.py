@@ -37,11 +37,14 @@ def read_group_records(
 ) -> list[dict[str, Any]]:
     """Every planned group's record, checked against the plan (in plan order).
 
-    Records come from ``known`` (what the parts just wrote), then from the latest published
-    manifest (:func:`latest_records`), and only the rest are read from ``groups/``: a new
-    day costs a few requests, not one per group of the dataset's history.
+    Records come from ``known`` (what the parts just wrote, and the latest manifest's records
+    when the caller read them already), then from the latest published manifest
+    (:func:`latest_records`), and only the rest are read from ``groups/``: a new day costs a
+    few requests, not one per group of the dataset's history.
     """
-    found = {**latest_records(storage, spec.name), **(known or {})}
+    found = dict(known or {})
+    if any(group.key not in found for group in plan.groups):
+        found = {**latest_records(storage, spec.name), **found}
 
     def read(key: str) -> dict[str, Any]:
         if key in found:
@@ -138,14 +141,19 @@ def write_split_indexes(
         if not chunks:
             continue
         data = json.dumps(litdata_index(spec, plan, chunks), sort_keys=True).encode()
-        path = litdata_index_path(plan.version, split)
-        storage.put_bytes(f"{dataset_prefix(spec.name)}/{path}", data)
         entries[split] = {
-            "path": path,
+            "path": litdata_index_path(plan.version, split),
             "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
             "samples": None,
+            "data": data,
         }
+
+    def put(entry: dict[str, Any]) -> None:
+        storage.put_bytes(f"{dataset_prefix(spec.name)}/{entry['path']}", entry.pop("data"))
+
+    with ThreadPoolExecutor(max_workers=len(entries) or 1) as pool:
+        list(pool.map(put, entries.values()))
     return entries
 
 

@@ -35,15 +35,34 @@ class EncodingError(ValueError):
     """A value cannot be encoded into a sample (e.g. an example id that is not a safe key)."""
 
 
+_SAFE_KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+def _all_safe_keys(ids: pa.Array) -> bool:
+    """Whether every id matches :data:`EXAMPLE_ID_PATTERN`, from the string bytes at once (a
+    regex per value costs more than the rest of the plan's checks)."""
+    text = pc.cast(ids, pa.large_string())
+    if text.null_count or len(text) == 0:
+        return len(text) == 0
+    lengths = pc.binary_length(text)
+    if pc.min(lengths).as_py() < 1 or pc.max(lengths).as_py() > 90:
+        return False
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)
+    first, last = offsets[text.offset], offsets[text.offset + len(text)]
+    data = memoryview(text.buffers()[2])[first:last].tobytes()
+    return not data.translate(None, _SAFE_KEY_BYTES)
+
+
 def check_example_ids(ids: pa.Array) -> None:
     """Refuse ids that would break tar keys (dots end a webdataset key) or JSON."""
+    if _all_safe_keys(ids):
+        return
     ok = pc.match_substring_regex(pc.cast(ids, pa.string()), EXAMPLE_ID_PATTERN)
     ok = pc.fill_null(ok, False)
-    if not pc.all(ok).as_py():
-        bad = ids[int(pc.index(ok, False).as_py())].as_py()
-        raise EncodingError(
-            f"example id {bad!r} is not a safe sample key (must match {EXAMPLE_ID_PATTERN})"
-        )
+    bad = ids[int(pc.index(ok, False).as_py())].as_py()
+    raise EncodingError(
+        f"example id {bad!r} is not a safe sample key (must match {EXAMPLE_ID_PATTERN})"
+    )
 
 
 def npy_header(width: int) -> bytes:

@@ -86,12 +86,12 @@ class ContentFingerprint:
         for name in self.columns:
             valid, body, offsets = canonical.columns[name]
             validity, values, lengths = self._hashers[name]
-            validity.update(valid[start:stop].tobytes())
+            validity.update(valid[start:stop])
             if offsets is None:
-                values.update(body[8 * start : 8 * stop].tobytes())
+                values.update(body[8 * start : 8 * stop])
             else:
-                values.update(body[offsets[start] : offsets[stop]].tobytes())
-                lengths.update(np.diff(offsets[start : stop + 1]).tobytes())
+                values.update(body[offsets[start] : offsets[stop]])
+                lengths.update(np.diff(offsets[start : stop + 1]))
 
     def hexdigest(self) -> str:
         total = hashlib.sha256(f"rows={self.rows}\n".encode())

@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,19 @@ from shards.manifest import (
     object_key,
     object_path,
 )
-from shards.planning import Plan, PublishError, SplitChecker, encoding_inputs, group_runs
+from shards.planning import (
+    Plan,
+    PublishError,
+    SplitChecker,
+    encoding_inputs,
+    group_runs,
+    take_rows,
+)
 from shards.storage import Storage
-from shards.tar_writer import ShardFile, TarShardWriter
+from shards.tar_writer import TarShardWriter
+
+# Files of a group uploaded at once (each a request that mostly waits on the network).
+UPLOADS = 4
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +69,19 @@ class Part:
         return period_bounds(self.first, period, self.last)
 
 
-def missing_groups(storage: Storage, spec: PublishSpec, plan: Plan) -> list[Group]:
-    """The plan's groups whose record (and so whose objects) storage does not hold yet (one
-    listing of the records, 1,000 a request)."""
-    present = set(storage.sizes(f"{dataset_prefix(spec.name)}/groups/"))
-    return [g for g in plan.groups if group_record_key(spec.name, g.key) not in present]
+def stored_groups(storage: Storage, name: str) -> set[str]:
+    """The keys of the group records storage holds (one listing, 1,000 a request)."""
+    return set(storage.sizes(f"{dataset_prefix(name)}/groups/"))
+
+
+def missing_groups(
+    storage: Storage, spec: PublishSpec, plan: Plan, stored: set[str] | None = None
+) -> list[Group]:
+    """The plan's groups whose record (and so whose objects) storage does not hold yet;
+    ``stored`` is a :func:`stored_groups` listing taken already."""
+    if stored is None:
+        stored = stored_groups(storage, spec.name)
+    return [g for g in plan.groups if group_record_key(spec.name, g.key) not in stored]
 
 
 def cut_parts(groups: list[Group], part_rows: int) -> list[Part]:
@@ -114,38 +133,45 @@ class GroupWriter:
                 f"the rows of {self.spec.source} in split {group.split}, period {group.period} "
                 "differ from the plan (the source changed while publishing); run it again"
             )
-        record = {
+        outputs = {
+            "webdataset": (self.folder / "webdataset", self.tar.close()),
+            "litdata": (self.folder / "litdata", self.chunks.close()),
+        }
+        record: dict[str, Any] = {
             "key": group.key,
             "split": group.split,
             "period": group.period,
             "rows": group.rows,
-            "webdataset": self._upload(storage, self.folder / "webdataset", self.tar.close()),
-            "litdata": self._upload(storage, self.folder / "litdata", self.chunks.close()),
         }
+        with ThreadPoolExecutor(max_workers=UPLOADS) as pool:
+            uploads = {
+                fmt: [pool.submit(self._upload, storage, folder / item.name) for item in files]
+                for fmt, (folder, files) in outputs.items()
+            }
+            for fmt, (_, files) in outputs.items():
+                written = sum(item.count for item in files)
+                if written != group.rows:
+                    raise PublishError(f"group {group.key}: {fmt} has {written} of {group.rows}")
+                record[fmt] = [
+                    {**upload.result(), "samples": item.count}
+                    for upload, item in zip(uploads[fmt], files, strict=True)
+                ]
         storage.put_bytes_once(
             group_record_key(self.spec.name, group.key),
             json.dumps(record, sort_keys=True).encode(),
         )
         return record
 
-    def _upload(self, storage: Storage, folder: Path, files: list[ShardFile]) -> list[dict]:
-        entries = []
-        for item in files:
-            path = folder / item.name
-            size, sha = file_digest(path)
-            key = object_key(self.spec.name, sha, path.suffix)
-            storage.put_file_once(key, path)
-            if storage.size(key) != size:
-                raise PublishError(f"{key}: {storage.size(key)} bytes in storage, {size} written")
-            entry = {"path": object_path(sha, path.suffix), "size": size, "sha256": sha}
-            entry["samples"] = item.count
-            if path.suffix == ".bin":
-                entry["items"] = _chunk_items(path)
-            entries.append(entry)
-        written = sum(item.count for item in files)
-        if written != self.group.rows:
-            raise PublishError(f"group {self.group.key}: wrote {written} of {self.group.rows} rows")
-        return entries
+    def _upload(self, storage: Storage, path: Path) -> dict[str, Any]:
+        """Upload a file as a content-addressed object (the commit checks its size in storage,
+        with one listing for the whole version)."""
+        size, sha = file_digest(path)
+        storage.put_file_once(object_key(self.spec.name, sha, path.suffix), path)
+        entry: dict[str, Any] = {"path": object_path(sha, path.suffix), "size": size}
+        entry["sha256"] = sha
+        if path.suffix == ".bin":
+            entry["items"] = _chunk_items(path)
+        return entry
 
 
 def _chunk_items(path: Path) -> int:
@@ -215,7 +241,7 @@ def write_part(
             if not runs:
                 continue
             wanted_rows = np.concatenate([order[start:end] for _, start, end in runs])
-            rows = batch.take(pa.array(wanted_rows))
+            rows = take_rows(batch, wanted_rows)
             encoded = encoder.encode(rows)
             offset = 0
             for group, start, end in runs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,11 +76,7 @@ class GroupFingerprints:
     def update(self, batch: pa.RecordBatch, assignment: np.ndarray) -> None:
         order, runs = group_runs(self.spec, batch, assignment)
         if runs:
-            ordered = (
-                batch.take(pa.array(order))
-                if len(runs) > 1
-                else batch.filter(pa.array(assignment != EXCLUDED))
-            )
+            ordered = take_rows(batch, order)
             canonical = CanonicalColumns(ordered, self.columns)
             for cell, start, end in runs:
                 state = self.states.get(cell)
@@ -121,8 +118,11 @@ def group_runs(
         return kept, []
     days = anchor_periods(batch.column(spec.anchor), spec.shard_period)[kept]
     codes = days.astype(np.int64) * 256 + assignment[kept]
-    order = np.argsort(codes, kind="stable")
-    codes = codes[order]
+    if np.any(codes[1:] < codes[:-1]):  # rows ordered by id usually arrive grouped already
+        order = np.argsort(codes, kind="stable")
+        codes = codes[order]
+    else:
+        order = np.arange(len(codes))
     starts = np.flatnonzero(np.diff(codes, prepend=codes[0] - 1))
     ends = np.append(starts[1:], len(codes))
     runs = [
@@ -132,17 +132,11 @@ def group_runs(
     return kept[order], runs
 
 
-def group_rows(
-    spec: PublishSpec, batch: pa.RecordBatch, assignment: np.ndarray
-) -> Iterable[tuple[tuple[int, int], pa.RecordBatch]]:
-    """``((period day, split index), rows)`` for each group in the batch; rows keep their order."""
-    order, runs = group_runs(spec, batch, assignment)
-    if len(runs) == 1 and len(order) == batch.num_rows:
-        yield runs[0][0], batch
-        return
-    ordered = batch.take(pa.array(order)) if runs else batch
-    for cell, start, end in runs:
-        yield cell, ordered.slice(start, end - start)
+def take_rows(batch: pa.RecordBatch, order: np.ndarray) -> pa.RecordBatch:
+    """``batch.take(order)``, without copying when ``order`` is a run of consecutive rows."""
+    if len(order) and np.all(np.diff(order) == 1):
+        return batch.slice(int(order[0]), len(order))
+    return batch.take(pa.array(order))
 
 
 class SplitChecker:
@@ -216,14 +210,21 @@ def plan_publication(spec: PublishSpec, batches: Iterable[pa.RecordBatch]) -> Pl
     )
     train = spec.split_names.index(spec.train_split)
     label_kind = None
-    for raw in batches:
-        batch, assignment = checker.assign(raw)
-        groups.update(batch, assignment)
-        stats.update(batch, assignment == train)
-        if label_kind is None and batch.num_rows:
-            label_kind = (
-                "int" if label_values(batch.column(spec.label)).dtype.kind == "i" else "float"
-            )
+    # Hashing (which releases the GIL) runs beside the rest of the pass, one batch behind.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as hasher:
+        hashing: Future | None = None
+        for raw in batches:
+            batch, assignment = checker.assign(raw)
+            if hashing is not None:
+                hashing.result()
+            hashing = hasher.submit(groups.update, batch, assignment)
+            stats.update(batch, assignment == train)
+            if label_kind is None and batch.num_rows:
+                label_kind = (
+                    "int" if label_values(batch.column(spec.label)).dtype.kind == "i" else "float"
+                )
+        if hashing is not None:
+            hashing.result()
     code = code_version()
     digest = groups.hexdigest()
     version = version_id(

@@ -23,7 +23,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.commit import commit
+from shards.commit import commit, latest_records
 from shards.definition import PublishSpec
 from shards.manifest import latest_key, manifest_key, plan_key, version_prefix
-from shards.parts import Part, cut_parts, missing_groups, write_part
+from shards.parts import Part, cut_parts, missing_groups, stored_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
 from shards.storage import Storage
 
@@ -63,6 +63,19 @@ class PublishResult:
     registered: bool = False
     groups_written: int = 0
     groups_reused: int = 0
+
+
+@dataclass
+class StoredState:
+    """What storage holds of a dataset before a publication writes: the group records' keys
+    and the latest published version's records."""
+
+    groups: set[str]
+    latest: dict[str, dict[str, Any]]
+
+    @classmethod
+    def read(cls, storage: Storage, name: str) -> StoredState:
+        return cls(stored_groups(storage, name), latest_records(storage, name))
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -199,7 +212,12 @@ def publish(
         spill = Path(tmp) / "source.arrows"
         columns = spec.source_columns()
         started = time.perf_counter()
-        plan = plan_publication(spec, _spill((select_columns(b, columns) for b in source()), spill))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage") as reader:
+            # What storage holds is read while the plan's pass runs.
+            holding = reader.submit(StoredState.read, storage, spec.name)
+            rows = _spill((select_columns(b, columns) for b in source()), spill)
+            plan = plan_publication(spec, rows)
+            stored = holding.result()
         timings["plan_s"] = time.perf_counter() - started
         prefix = version_prefix(spec.name, plan.version)
         _say(
@@ -228,7 +246,7 @@ def publish(
 
         started = time.perf_counter()
         storage.put_bytes(plan_key(spec.name, plan.version), plan.to_json())
-        todo = missing_groups(storage, spec, plan)
+        todo = missing_groups(storage, spec, plan, stored.groups)
         parts = cut_parts(todo, part_rows or spec.part_rows)
         _say(
             progress,
@@ -251,7 +269,7 @@ def publish(
             )
         timings["write_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    manifest, created = commit(storage, spec, plan, lineage, written)
+    manifest, created = commit(storage, spec, plan, lineage, {**stored.latest, **written})
     timings["commit_s"] = time.perf_counter() - started
     if not created:
         _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do")

@@ -111,7 +111,7 @@ class TrainStatistics:
     def update(self, batch: pa.RecordBatch, train_mask: np.ndarray) -> None:
         if not train_mask.any():
             return
-        train = batch.filter(pa.array(train_mask))
+        train = batch.select([*self.numeric, *self.categorical]).filter(pa.array(train_mask))
         self.rows += train.num_rows
         for name, moments in self.numeric.items():
             moments.update(numeric_values(train.column(name)))

@@ -229,3 +229,21 @@ def test_a_failed_background_write_is_raised_by_the_next_call():
     writes.submit(fail)
     with pytest.raises(OSError, match="disk full"):
         writes.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "x" * 91, "é", "a b", "a/b", None, 'a"b'],
+    ids=["empty", "91 chars", "non-ascii", "space", "slash", "null", "quote"],
+)
+def test_example_ids_outside_the_key_pattern_are_refused_and_named(bad):
+    with pytest.raises(EncodingError, match="not a safe sample key") as refused:
+        check_example_ids(pa.array(["ok-1", bad, "ok_2"], pa.string()))
+    assert repr(bad) in str(refused.value)
+
+
+def test_example_ids_up_to_90_safe_characters_of_any_integer_or_string_type_pass():
+    check_example_ids(pa.array(["a" * 90, "Z-9_", "0"]))
+    check_example_ids(pa.array(["a" * 90, "b"]).slice(1))
+    check_example_ids(pa.array([1, 20, 300], pa.int64()))
+    check_example_ids(pa.array([], pa.string()))
