@@ -1,6 +1,7 @@
 """Example trainer: stream the published flights train split, fit a model, report val AUC.
 
     .venv/bin/python examples/train_flights.py                 # LATEST under the settings
+                                     # (default: the lake under the same home as the CLI's)
     .venv/bin/python examples/train_flights.py --format litdata --epochs 3
     .venv/bin/python examples/train_flights.py --dataset-url s3://bucket/lake/datasets/flights/<v>
 

@@ -1,29 +1,55 @@
-"""The ``shardyard`` command: the same functions the Prefect flows call, from a terminal."""
+"""The ``shardyard`` command: the same functions the Prefect flows call, from a terminal.
+
+Arguments are typed (days, times, stage names, datasets are checked by argparse: a bad one is
+one ``shardyard: error: argument ...`` line and exit status 2). A data error (a rejected
+file, a failed gate, a split leak, ...) is one line naming what to fix, exit status 1; so is a
+lost database or object-storage connection, which says that rerunning is safe. ``-v`` adds the
+traceback. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from flows import stages
 from flows.datasets import DEFAULT_DATASET
 from flows.ingest.files import BatchResult, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
-from flows.settings import Settings, load_settings
-from flows.specs import DatasetSpec, SpecError, bundled_specs, load_spec
+from flows.settings import Settings, SettingsError, load_settings
+from flows.specs import DatasetSpec, SpecError, bundled_datasets, bundled_specs, load_spec
 from flows.transform.results import TransformFailed
+from shards.encoding import EncodingError
+from shards.planning import PublishError
+from shards.splits import SplitLeakError
 
 log = logging.getLogger("shardyard")
 
-# Errors a person can act on: printed as one clear message, exit status 1, no traceback.
-USER_ERRORS = (FileRejected, SourceError, SpecError, FileNotFoundError, TransformFailed)
+PROG = "shardyard"
+
+# Errors a person can act on, most specific first, with what to say before their message:
+# one line, exit status 1, no traceback (unless -v).
+DATA_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (SplitLeakError, "split leak, nothing was published: "),
+    (EncodingError, "cannot encode a sample, nothing was published: "),
+    (PublishError, "publication stopped: "),
+    (SettingsError, "invalid setting: "),
+    (FileRejected, ""),
+    (SourceError, ""),
+    (SpecError, ""),
+    (TransformFailed, ""),
+    (FileNotFoundError, ""),
+)
+RERUN_IS_SAFE = "rerunning is safe (every stage is idempotent)"
 
 STAGE_TITLES = {
     "ingest": "landing the sources into raw.* behind the contract gate",
@@ -78,7 +104,7 @@ def cmd_ops_replay(args: argparse.Namespace) -> int:
     from flows.ingest.sources import load_function
 
     spec = _replayed_dataset(args.dataset)
-    until = _parse_moment(args.until)
+    until: datetime = args.until
     settings = load_settings()
     replay = load_function(spec.replay or "")
     url = ops_database_url(settings)
@@ -106,14 +132,6 @@ def _replayed_dataset(name: str | None) -> DatasetSpec:
     return declaring[0]
 
 
-def _parse_moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SpecError(f"--until {text!r} is not a time (YYYY-MM-DD[THH:MM:SSZ])") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def cmd_forget(args: argparse.Namespace) -> int:
     from flows.governance import request_deletion
 
@@ -129,19 +147,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     from flows.governance import expire_batches
 
-    today = _parse_date(args.today)
-    expired = expire_batches(load_settings(), args.dataset, today)
+    expired = expire_batches(load_settings(), args.dataset, args.today)
     print(f"{len(expired)} batch(es) of {args.dataset} expired; the next run drops their rows")
     for batch in expired:
         print(f"  {batch}")
     return 0
-
-
-def _parse_date(text: str | None) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        raise SpecError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _print_ingest(summary: stages.Summary) -> None:
@@ -183,13 +193,10 @@ def run_in_terminal(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    run = stages.PipelineRun(
-        args.dataset,
-        start=_parse_date(args.start),
-        end=_parse_date(args.end),
-        restate=args.restate,
-    )
-    run_in_terminal(load_settings(), run, args.stages.split(",") if args.stages else None)
+    if args.start and args.end and args.end < args.start:
+        raise SpecError(f"--end {args.end} is before --start {args.start}")
+    run = stages.PipelineRun(args.dataset, start=args.start, end=args.end, restate=args.restate)
+    run_in_terminal(load_settings(), run, args.stages)
     return 0
 
 
@@ -205,50 +212,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from flows.publish.publishing import list_datasets, show_dataset
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from flows.publish.publishing import list_datasets
 
-    if args.action == "new":
-        return _new_dataset(args)
-    settings = load_settings()
-    if args.action == "list":
-        records = list_datasets(settings, args.name)
-        if not records:
-            print("no published datasets")
-        for r in records:
-            counts = ", ".join(f"{k} {v:,}" for k, v in r.counts.items())
-            marks = ("  pinned" if r.pinned else "") + ("  collected" if r.collected_at else "")
-            print(f"{r.name:<12} {r.version}  {r.created_at:%Y-%m-%d %H:%M}  {counts}{marks}")
-            print(f"{'':<12} {r.manifest_uri}")
-        return 0
-    if not args.name:
-        raise SpecError(f"datasets {args.action} needs a dataset name")
-    if args.action in ("pin", "unpin"):
-        return _pin(settings, args)
-    if args.action == "gc":
-        return _collect_garbage(settings, args)
-    print(json.dumps(show_dataset(settings, args.name, args.version), indent=2, default=str))
+    records = list_datasets(load_settings(), args.name)
+    if not records:
+        print("no published datasets")
+    for r in records:
+        counts = ", ".join(f"{k} {v:,}" for k, v in r.counts.items())
+        marks = ("  pinned" if r.pinned else "") + ("  collected" if r.collected_at else "")
+        print(f"{r.name:<12} {r.version}  {r.created_at:%Y-%m-%d %H:%M}  {counts}{marks}")
+        print(f"{'':<12} {r.manifest_uri}")
     return 0
 
 
-def _pin(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    from flows.publish.publishing import show_dataset
+
+    shown = show_dataset(load_settings(), args.name, args.version)
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def cmd_datasets_pin(args: argparse.Namespace) -> int:
     from flows.database import connect
     from flows.publish.registry import pin
 
-    if not args.version:
-        raise SpecError(f"datasets {args.action} needs --version")
-    with connect(settings) as conn:
-        pin(conn, args.name, args.version, pinned=args.action == "pin")
+    with connect(load_settings()) as conn:
+        pin(conn, args.name, args.version, pinned=args.pinned)
         conn.commit()
-    print(f"{args.name} {args.version}: {args.action}ned")
+    print(f"{args.name} {args.version}: {'pinned' if args.pinned else 'unpinned'}")
     return 0
 
 
-def _collect_garbage(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_datasets_gc(args: argparse.Namespace) -> int:
     from flows.publish.publishing import collect_garbage
 
     report = collect_garbage(
-        settings,
+        load_settings(),
         args.name,
         keep=args.keep,
         grace_s=args.grace_hours * 3600,
@@ -264,14 +265,26 @@ def _collect_garbage(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_dataset(args: argparse.Namespace) -> int:
+def cmd_datasets_diff(args: argparse.Namespace) -> int:
+    from flows.publish.diff import diff_lines, label_rates, load_version, version_diff
+    from flows.publish.publishing import dataset_storage
+
+    storage = dataset_storage(load_settings())
+    old = load_version(storage, args.name, args.old)
+    new = load_version(storage, args.name, args.new)
+    rates = None
+    if args.labels:
+        seen: dict[str, tuple[float, int]] = {}
+        rates = (label_rates(storage, old, seen), label_rates(storage, new, seen))
+    diff = version_diff(old, new, rates)
+    print(json.dumps(diff, indent=2, default=str) if args.json else "\n".join(diff_lines(diff)))
+    return 0
+
+
+def cmd_datasets_new(args: argparse.Namespace) -> int:
     from flows.scaffold import csv_tables, new_dataset
 
-    if not args.name:
-        raise SpecError("datasets new needs a dataset name")
-    if not args.csv:
-        raise SpecError("datasets new needs --csv FOLDER, a folder of CSV files (one per table)")
-    written = new_dataset(args.name, csv_tables(Path(args.csv)))
+    written = new_dataset(args.name, csv_tables(args.csv))
     print(f"dataset {args.name}: wrote")
     for path in written:
         print(f"  {path}")
@@ -282,75 +295,315 @@ def _new_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shardyard",
+# --- argument types: a bad value is a usage error (exit status 2) naming the argument ----------
+
+
+def day(text: str) -> date:
+    """A UTC day, ``YYYY-MM-DD``."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def moment(text: str) -> datetime:
+    """A time, ``YYYY-MM-DD[THH:MM:SS[Z|+HH:MM]]``; UTC unless it names its offset."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        message = f"{text!r} is not a time (YYYY-MM-DD[THH:MM:SSZ])"
+        raise argparse.ArgumentTypeError(message) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def stage_names(text: str) -> list[str]:
+    """Comma-separated pipeline stages."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in stages.STAGES]
+    if unknown or not names:
+        message = f"unknown stage(s) {', '.join(unknown) or repr(text)}; stages: "
+        raise argparse.ArgumentTypeError(message + ", ".join(stages.STAGES))
+    return names
+
+
+def dataset_name(text: str) -> str:
+    """A dataset with a spec in ``flows/datasets/`` (or the path of a spec file)."""
+    if Path(text).suffix in {".yaml", ".yml"}:
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"dataset spec {text} does not exist")
+        return text
+    known = bundled_datasets()
+    if text not in known:
+        message = f"unknown dataset {text!r}; datasets: {', '.join(known)}"
+        raise argparse.ArgumentTypeError(message + " (or the path of a spec .yaml)")
+    return text
+
+
+def column_value(text: str) -> str:
+    """``COLUMN=VALUE``."""
+    column, separator, value = text.partition("=")
+    if not (column and separator and value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=VALUE")
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours (0 or more)")
+    return value
+
+
+def folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``shardyard: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("shardyard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
         description="Raw operational data -> versioned, leakage-safe training datasets.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress details; tracebacks of errors"
+    )
+    # -v also after the command (`shardyard run -v`); SUPPRESS keeps a -v given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress details; tracebacks of errors",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the whole pipeline on the bundled dataset")
-    demo.add_argument("--dataset", default=DEFAULT_DATASET)
-    demo.set_defaults(func=cmd_demo)
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> Parser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(func=func)
+        return sub
 
-    run = commands.add_parser("run", help="run the pipeline or chosen stages in-process")
-    run.add_argument("--dataset", default=DEFAULT_DATASET)
-    run.add_argument("--stages", help="comma-separated: ingest,transform,shard (default all)")
-    run.add_argument("--start", help="first day (YYYY-MM-DD) to transform; with --end")
-    run.add_argument("--end", help="last day (YYYY-MM-DD) to transform")
+    _pipeline_commands(command)
+    _datasets_command(commands.add_parser, common)
+    _governance_commands(command)
+    return parser
+
+
+Adder = Callable[[str, Callable[[argparse.Namespace], int], str], Parser]
+
+
+def _pipeline_commands(command: Adder) -> None:
+    demo = command("demo", cmd_demo, "run the whole pipeline on a bundled dataset")
+    demo.add_argument("--dataset", type=dataset_name, default=DEFAULT_DATASET)
+
+    run = command("run", cmd_run, "run the pipeline or chosen stages in-process")
+    run.add_argument("--dataset", type=dataset_name, default=DEFAULT_DATASET)
+    run.add_argument(
+        "--stages", type=stage_names, help="comma-separated: ingest,transform,shard (default all)"
+    )
+    run.add_argument("--start", type=day, help="first day (YYYY-MM-DD) to transform; with --end")
+    run.add_argument("--end", type=day, help="last day (YYYY-MM-DD) to transform")
     run.add_argument("--restate", action="store_true", help="recompute the date range")
-    run.set_defaults(func=cmd_run)
 
-    datasets = commands.add_parser(
-        "datasets",
-        help="what is published; new: scaffold a dataset from a folder of CSVs; "
-        "pin/unpin a version; gc: remove old versions and unused objects",
+    ingest = command(
+        "ingest",
+        cmd_ingest,
+        "land one file drop into a dataset's raw table through the contract gate",
     )
-    datasets.add_argument("action", choices=["list", "show", "new", "pin", "unpin", "gc"])
-    datasets.add_argument("name", nargs="?")
-    datasets.add_argument("--version", help="a version id (default: LATEST)")
-    datasets.add_argument("--csv", help="new: a folder of CSV files, one per table")
-    datasets.add_argument(
-        "--keep", type=int, default=3, help="gc: keep this many newest versions (and pinned ones)"
-    )
-    datasets.add_argument(
-        "--grace-hours",
-        type=float,
-        default=1.0,
-        help="gc: never remove an object written less than this long ago",
-    )
-    datasets.add_argument("--dry-run", action="store_true", help="gc: only say what would go")
-    datasets.set_defaults(func=cmd_datasets)
-
-    forget = commands.add_parser(
-        "forget", help="request that an entity be removed from every layer and new version"
-    )
-    forget.add_argument("--dataset", required=True)
-    forget.add_argument("--key", required=True, help="COLUMN=VALUE, COLUMN a forget key")
-    forget.set_defaults(func=cmd_forget)
-
-    retention = commands.add_parser(
-        "retention", help="expire the batches past their governance retention"
-    )
-    retention.add_argument("--dataset", default=DEFAULT_DATASET)
-    retention.add_argument("--today", help="the day to judge by (YYYY-MM-DD; default today)")
-    retention.set_defaults(func=cmd_retention)
-
-    ops = commands.add_parser("ops", help="the operations (source) database")
-    ops.add_argument("action", choices=["replay"])
-    ops.add_argument("--until", required=True, help="UTC time to replay to, YYYY-MM-DD[THH:MM:SSZ]")
-    ops.add_argument("--dataset", help="the dataset whose operations database to replay")
-    ops.set_defaults(func=cmd_ops_replay)
-
-    ingest = commands.add_parser(
-        "ingest", help="land one file drop into a dataset's raw table through the contract gate"
-    )
-    ingest.add_argument("--dataset", required=True)
+    ingest.add_argument("--dataset", type=dataset_name, required=True)
     ingest.add_argument("--table", required=True)
     ingest.add_argument("--file", required=True, help="local path or s3:// URL")
-    ingest.set_defaults(func=cmd_ingest)
-    return parser
+
+    ops = command("ops", cmd_ops_replay, "the operations (source) database")
+    ops.add_argument("action", choices=["replay"])
+    ops.add_argument(
+        "--until", type=moment, required=True, help="UTC time to replay to, YYYY-MM-DD[THH:MM:SSZ]"
+    )
+    ops.add_argument(
+        "--dataset", type=dataset_name, help="the dataset whose operations database to replay"
+    )
+
+
+def _governance_commands(command: Adder) -> None:
+    forget = command(
+        "forget", cmd_forget, "request that an entity be removed from every layer and new version"
+    )
+    forget.add_argument("--dataset", type=dataset_name, required=True)
+    forget.add_argument(
+        "--key", type=column_value, required=True, help="COLUMN=VALUE, COLUMN a forget key"
+    )
+
+    retention = command(
+        "retention", cmd_retention, "expire the batches past their governance retention"
+    )
+    retention.add_argument("--dataset", type=dataset_name, default=DEFAULT_DATASET)
+    retention.add_argument("--today", type=day, help="the day to judge by (default today)")
+
+
+def _datasets_command(add_parser: Callable[..., Parser], common: argparse.ArgumentParser) -> None:
+    about = "what is published; scaffold, pin, collect and compare versions"
+    datasets = add_parser("datasets", help=about, description=about, parents=[common])
+    actions = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, func: Callable[[argparse.Namespace], int], help: str) -> Parser:
+        sub = actions.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(func=func)
+        return sub
+
+    listing = action("list", cmd_datasets_list, "published versions, newest first")
+    listing.add_argument("name", nargs="?", help="only this dataset")
+
+    show = action("show", cmd_datasets_show, "one version's manifest and registry row (JSON)")
+    show.add_argument("name")
+    show.add_argument("--version", help="a version id (default: LATEST)")
+
+    new = action("new", cmd_datasets_new, "scaffold a dataset from a folder of CSV files")
+    new.add_argument("name")
+    new.add_argument(
+        "--csv", type=folder, required=True, help="a folder of CSV files, one per table"
+    )
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        verb = "keep" if pinned else "stop keeping"
+        pin = action(name, cmd_datasets_pin, f"{verb} a version through garbage collection")
+        pin.add_argument("name")
+        pin.add_argument("--version", required=True, help="a version id")
+        pin.set_defaults(pinned=pinned)
+
+    gc = action("gc", cmd_datasets_gc, "remove old versions and the objects only they use")
+    gc.add_argument("name")
+    gc.add_argument(
+        "--keep", type=positive_int, default=3, help="keep this many newest versions (and pinned)"
+    )
+    gc.add_argument(
+        "--grace-hours",
+        type=hours,
+        default=1.0,
+        help="never remove an object written less than this long ago",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only say what would go")
+
+    diff = action(
+        "diff",
+        cmd_datasets_diff,
+        "what changed between two versions: counts, label rates, statistics, definition",
+    )
+    diff.add_argument("name")
+    diff.add_argument("old", metavar="V1", help="a version id, or LATEST")
+    diff.add_argument("new", metavar="V2", help="a version id, or LATEST")
+    diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.add_argument(
+        "--no-labels",
+        dest="labels",
+        action="store_false",
+        help="skip the label rates (read from the shards for a version without a card)",
+    )
+
+
+# --- errors: one line each --------------------------------------------------------------------
+
+
+def error_message(error: BaseException) -> str | None:
+    """The one line to print for ``error``; None for a bug (it keeps its traceback)."""
+    lost = lost_connection(error)
+    if lost is not None:
+        return f"lost the connection to {lost}; {RERUN_IS_SAFE}"
+    for kind, prefix in DATA_ERRORS:
+        if isinstance(error, kind):
+            return prefix + one_line(error)
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (multi-line messages joined with '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def lost_connection(error: BaseException) -> str | None:
+    """``"the database (...)"`` or ``"object storage (...)"`` when ``error`` or what caused it
+    is a refused or dropped connection. A data error (a ``ValueError``, as in
+    :mod:`flows.retries`) is never one, whatever it was translated from."""
+    for link in causes(error):
+        if isinstance(link, ValueError):
+            return None
+        lost = _connection_of(link)
+        if lost is not None:
+            return f"{lost} ({first_line(link)})"
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (libpq adds hints on the next ones)."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the chain of exceptions behind it."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+
+
+# SQLSTATE classes of a connection that is gone: 08 connection exception, 57P operator
+# intervention (admin or crash shutdown); None: the client saw the socket close.
+_LOST_SQLSTATES = ("08", "57P")
+
+
+def _connection_of(error: BaseException) -> str | None:
+    """What ``error`` says was lost: "the database", "object storage", "a network
+    connection", or None."""
+    import adbc_driver_manager
+    import botocore.exceptions
+    import psycopg
+    import psycopg2
+
+    database = (psycopg.OperationalError, psycopg2.OperationalError, psycopg2.InterfaceError)
+    if isinstance(error, database + (adbc_driver_manager.OperationalError,)):
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        return "the database" if not state or state.startswith(_LOST_SQLSTATES) else None
+    storage = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+    if isinstance(error, storage):
+        return "object storage"
+    if isinstance(error, ConnectionError):
+        return "a network connection"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,8 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except USER_ERRORS as error:
-        print(f"shardyard: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {RERUN_IS_SAFE}", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = error_message(error)
+        if message is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -10,10 +10,46 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["dev", "staging", "prod"]
+
+APP_NAME = "shardyard"
+HOME_FOLDER = ".shardyard"
+# The folder above the ``flows`` package: a source checkout when it holds the project.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(ValueError):
+    """A setting's value is not valid; the message names the variable to fix."""
+
+
+def project_root(source: Path | None = None) -> Path | None:
+    """The source checkout this code runs from (a clone with an editable install): the folder
+    holding ``pyproject.toml`` and the SQLMesh project ``transforms/`` next to ``flows/``
+    (``source``, by default :data:`SOURCE_ROOT`). None for an installed package (its code
+    sits in site-packages)."""
+    source = source or SOURCE_ROOT
+    if (source / "pyproject.toml").is_file() and (source / "transforms").is_dir():
+        return source
+    return None
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder: ``$XDG_DATA_HOME/shardyard``, else
+    ``~/.local/share/shardyard``."""
+    base = os.environ.get("XDG_DATA_HOME")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / APP_NAME
+
+
+def default_home() -> Path:
+    """Local state when ``SHARDYARD_HOME`` is unset, the same from every working folder:
+    ``<checkout>/.shardyard`` when running from a source checkout, else the per-user data
+    folder."""
+    root = project_root()
+    return root / HOME_FOLDER if root is not None else user_data_dir()
 
 
 class Settings(BaseSettings):
@@ -48,8 +84,9 @@ class Settings(BaseSettings):
         "runs them (each part in its own pod).",
     )
     home: Path = Field(
-        default=Path(".shardyard"),
-        description="Local state: the embedded PostgreSQL's data folder and the default lake.",
+        default_factory=default_home,
+        description="Local state: the embedded PostgreSQL's data folder and the default lake. "
+        "Unset: <checkout>/.shardyard in a source checkout, else ~/.local/share/shardyard.",
     )
 
     aws_access_key_id: str | None = Field(
@@ -87,5 +124,18 @@ def variable(name: str) -> str | None:
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment now (no caching: tests change it freely)."""
-    return Settings()
+    """Read the settings from the environment now (no caching: tests change it freely).
+    An invalid value raises :class:`SettingsError` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_invalid_settings(error)) from None
+
+
+def _invalid_settings(error: ValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        variable = field.upper() if field.startswith("AWS_") else f"SHARDYARD_{field.upper()}"
+        problems.append(f"{variable}={problem.get('input')!r}: {problem['msg']}")
+    return "; ".join(problems)
