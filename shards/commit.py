@@ -163,8 +163,10 @@ def build_manifest(
     records: list[dict[str, Any]],
     indexes: dict[str, dict[str, Any]],
     lineage: dict[str, Any] | None,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Describe the version: counts, groups and files per split, schema, statistics, lineage."""
+    """Describe the version: counts, groups and files per split, schema, statistics, lineage,
+    and the dataset card's files (``card``, from :func:`shards.card.write_card`)."""
     splits: dict[str, Any] = {}
     for name in spec.split_names:
         mine = [r for r in records if r["split"] == name]
@@ -179,7 +181,7 @@ def build_manifest(
             entry[fmt] = {"files": files}
         splits[name] = entry
     features = feature_schema(spec, plan.statistics)
-    return {
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "dataset": spec.name,
         "version": plan.version,
@@ -208,6 +210,9 @@ def build_manifest(
             **({"inputs": lineage} if lineage else {}),
         },
     }
+    if card is not None:
+        manifest["card"] = card
+    return manifest
 
 
 def _groups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -267,8 +272,10 @@ def commit(
     plan: Plan,
     lineage: dict[str, Any] | None = None,
     known: dict[str, dict[str, Any]] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Verify, write the indexes and the manifest; ``(manifest, written)``.
+    """Verify, write the indexes and the manifest (listing ``card``, the dataset card's
+    files); ``(manifest, written)``.
 
     ``written`` is False when the version's manifest was already there (a racing publication
     of the same inputs won); the manifest returned is then the one in storage.
@@ -276,7 +283,7 @@ def commit(
     records = read_group_records(storage, spec, plan, known)
     verify_objects(storage, spec, records)
     indexes = write_split_indexes(storage, spec, plan, records)
-    manifest = build_manifest(spec, plan, records, indexes, lineage)
+    manifest = build_manifest(spec, plan, records, indexes, lineage, card)
     key = manifest_key(spec.name, plan.version)
     if storage.put_bytes_once(key, manifest_bytes(manifest)):
         return manifest, True

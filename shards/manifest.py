@@ -7,13 +7,15 @@ Under ``datasets/<name>/``:
 - ``groups/<key>.json``: which objects hold a shard group (:mod:`shards.groups`), written after
   its objects, so a later version with the same group reuses them without encoding anything.
 - ``<version>/plan.json`` (pass 1's result, for the part writers), ``<version>/litdata/<split>/
-  index.json`` (the split's LitData index over shared chunks) and ``<version>/manifest.json``,
-  written last: the version is published once it exists.
+  index.json`` (the split's LitData index over shared chunks), ``<version>/card/`` (the
+  dataset card: ``card.md`` and its PNG plots, :mod:`shards.card`) and
+  ``<version>/manifest.json``, written last: the version is published once it exists.
 - ``LATEST``: the newest published version id.
 
 ``manifest.json`` lists, for every split, the sample count and every file it uses (path
 relative to ``datasets/<name>/``, size, sha256, samples), plus the split definition, feature
-schema, label, train-only statistics and lineage. It is serialized canonically (sorted keys,
+schema, label, train-only statistics, lineage, and the card (``card``: its files with size and
+sha256, and each split's count and label rate). It is serialized canonically (sorted keys,
 no wall-clock time), so the same inputs give the same bytes.
 """
 
@@ -29,6 +31,8 @@ MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "LATEST"
 MANIFEST_VERSION = 2
 PLAN_NAME = "plan.json"
+CARD_FOLDER = "card"
+CARD_NAME = "card.md"
 
 # The modules whose code decides the bytes of a published version.
 _CODE_FILES = (
@@ -46,6 +50,7 @@ _CODE_FILES = (
     "parts.py",
     "commit.py",
     "blocks.py",
+    "card.py",
 )
 
 # The modules that decide the bytes of one shard group's files.
@@ -152,3 +157,19 @@ def manifest_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         for fmt in ("webdataset", "litdata"):
             entries.extend(split[fmt]["files"])
     return entries
+
+
+def card_path(version: str, filename: str) -> str:
+    """A file of a version's dataset card, relative to ``datasets/<name>/``."""
+    return f"{version}/{CARD_FOLDER}/{filename}"
+
+
+def card_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dataset card's file entries of a manifest (none for a version without a card)."""
+    card = manifest.get("card")
+    return list(card["files"]) if card else []
+
+
+def card_key(name: str, card: dict[str, Any]) -> str:
+    """Storage key of a manifest's ``card.md`` (its ``card`` entry)."""
+    return f"{dataset_prefix(name)}/{card['path']}"

@@ -8,8 +8,10 @@
    cut into parts by anchor period; each part encodes its groups, uploads their files as
    content-addressed objects and records them. Parts run one after another, in ``workers``
    local processes, or (through the flows) each in its own pod; the files are the same.
-3. **commit** (:mod:`shards.commit`) — verify every group and object, write the LitData
-   indexes, then ``manifest.json`` (written once), then ``LATEST``.
+3. **card** (:mod:`shards.card`) — summarize the spilled rows per split with polars and write
+   ``<version>/card/card.md`` and its PNG plots (each file written once).
+4. **commit** (:mod:`shards.commit`) — verify every group and object, write the LitData
+   indexes, then ``manifest.json`` (written once, listing the card's files), then ``LATEST``.
 
 Nothing is ever deleted or overwritten under a published version: a crash leaves objects no
 manifest lists yet (the next run reuses them; ``gc`` removes them if never used), and a version
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 
 from shards.commit import commit, latest_records
 from shards.definition import PublishSpec
-from shards.manifest import latest_key, manifest_key, plan_key, version_prefix
+from shards.manifest import card_key, latest_key, manifest_key, plan_key, version_prefix
 from shards.parts import Part, cut_parts, missing_groups, stored_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
 from shards.storage import Storage
@@ -78,10 +80,30 @@ class StoredState:
         return cls(stored_groups(storage, name), latest_records(storage, name))
 
 
-def _say(progress: Progress | None, message: str) -> None:
+class Step(str):
+    """A progress message that also says how far the publication is: ``fraction`` (0 to 1)
+    of it is done. A caller that only wants text uses it as the string it is."""
+
+    fraction: float
+
+    def __new__(cls, text: str, fraction: float) -> Step:
+        step = super().__new__(cls, text)
+        step.fraction = fraction
+        return step
+
+
+# How far a publication is once planned, once its parts are written and once its card is.
+PLANNED, PARTS_WRITTEN, CARD_WRITTEN = 0.1, 0.9, 0.95
+
+
+def _say(progress: Progress | None, message: str, fraction: float | None = None) -> None:
     log.info(message)
     if progress is not None:
-        progress(message)
+        progress(message if fraction is None else Step(message, fraction))
+
+
+def _parts_fraction(done: int, total: int) -> float:
+    return PLANNED + (PARTS_WRITTEN - PLANNED) * done / max(total, 1)
 
 
 def read_manifest(storage: Storage, name: str, version: str) -> dict[str, Any]:
@@ -165,10 +187,10 @@ def write_parts(
     returns the records of the groups they wrote, by key."""
     records: dict[str, dict[str, Any]] = {}
     if workers <= 1 or len(parts) <= 1:
-        for part in parts:
+        for done, part in enumerate(parts, start=1):
             written = _write_spilled_part(spec, plan, part, spill, storage, workdir)
             records.update((record["key"], record) for record in written)
-            _say(progress, _part_done(spec, plan, part))
+            _say(progress, _part_done(spec, plan, part), _parts_fraction(done, len(parts)))
         return records
     import multiprocessing
 
@@ -178,9 +200,9 @@ def write_parts(
             pool.submit(_write_spilled_part, spec, plan, part, spill, storage, workdir)
             for part in parts
         ]
-        for part, future in zip(parts, futures, strict=True):
+        for done, (part, future) in enumerate(zip(parts, futures, strict=True), start=1):
             records.update((record["key"], record) for record in future.result())
-            _say(progress, _part_done(spec, plan, part))
+            _say(progress, _part_done(spec, plan, part), _parts_fraction(done, len(parts)))
     return records
 
 
@@ -241,7 +263,7 @@ def publish(
             )
 
         if storage.exists(manifest_key(spec.name, plan.version)):
-            _say(progress, f"{spec.name} {plan.version} is already published; nothing to do")
+            _say(progress, f"{spec.name} {plan.version} is already published; nothing to do", 1.0)
             return result("exists", read_manifest(storage, spec.name, plan.version))
 
         started = time.perf_counter()
@@ -252,6 +274,7 @@ def publish(
             progress,
             f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
             f"write in {len(parts)} part(s); the others are already in storage",
+            PLANNED,
         )
         written: dict[str, dict[str, Any]] = {}
         if run_parts is not None:
@@ -268,12 +291,23 @@ def publish(
                 progress=progress,
             )
         timings["write_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        from shards.card import write_card  # polars and matplotlib: only when a card is written
+
+        card = write_card(storage, spec, plan, lambda: replay(spill, spec))
+        timings["card_s"] = time.perf_counter() - started
+        _say(
+            progress,
+            f"{spec.name} {plan.version}: card at {storage.uri(card_key(spec.name, card))}",
+            CARD_WRITTEN,
+        )
     started = time.perf_counter()
-    manifest, created = commit(storage, spec, plan, lineage, {**stored.latest, **written})
+    known = {**stored.latest, **written}
+    manifest, created = commit(storage, spec, plan, lineage, known, card)
     timings["commit_s"] = time.perf_counter() - started
     if not created:
-        _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do")
+        _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do", 1.0)
         return result("exists", manifest, len(todo))
     write_latest(storage, spec.name, plan.version)
-    _say(progress, f"{spec.name} {plan.version} published at {storage.uri(prefix)}")
+    _say(progress, f"{spec.name} {plan.version} published at {storage.uri(prefix)}", 1.0)
     return result("published", manifest, len(todo))

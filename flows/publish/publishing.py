@@ -7,7 +7,8 @@
   passes one that runs each part as a ``shard-part`` deployment, a pod of its own).
 - :func:`write_dataset_part` is one such part: it reads the plan from storage and its own
   anchor range of gold from PostgreSQL.
-- :func:`list_datasets` / :func:`show_dataset` answer ``shardyard datasets list|show``.
+- :func:`list_datasets` / :func:`show_dataset` answer ``shardyard datasets list|show``
+  (``show`` says where the version's dataset card is: :func:`card_uri`).
 - :func:`dataset_url` gives trainers the folder to open with :mod:`shards.readers`.
 
 No Prefect here; the flows wrap these functions.
@@ -37,7 +38,7 @@ from flows.settings import Settings
 from shards.definition import PublishSpec
 from shards.gc import DEFAULT_GRACE_S, GarbageReport
 from shards.gc import collect_garbage as collect
-from shards.manifest import manifest_key
+from shards.manifest import card_key, manifest_key
 from shards.parts import Part, write_part
 from shards.publisher import (
     PartRunner,
@@ -203,9 +204,16 @@ def show_dataset(settings: Settings, name: str, version: str | None = None) -> d
         "version": version,
         "latest": latest,
         "dataset_uri": storage.uri(f"datasets/{name}/{version}"),
+        "card": card_uri(storage, manifest),
         "registered_at": records[0].created_at.isoformat() if records else None,
         "manifest": manifest,
     }
+
+
+def card_uri(storage: Storage, manifest: dict[str, Any]) -> str | None:
+    """Where a version's ``card.md`` is (None for a version published before cards)."""
+    card = manifest.get("card")
+    return storage.uri(card_key(manifest["dataset"], card)) if card else None
 
 
 def dataset_url(settings: Settings, name: str, version: str | None = None) -> str:
@@ -224,9 +232,13 @@ def summary_lines(result: PublishResult) -> list[str]:
         for split in result.manifest["splits"].values()
         for fmt in ("webdataset", "litdata")
     )
-    return [
+    lines = [
         f"dataset {result.name} version {result.version} ({result.status})",
         f"  at {result.dataset_uri}",
         f"  counts {json.dumps(result.counts)}; {files} files; manifest {result.manifest_uri}",
         f"  shard groups: {result.groups_written} written, {result.groups_reused} reused",
     ]
+    card = result.manifest.get("card")
+    if card:
+        lines.append(f"  card {result.dataset_uri}/{card['path'].split('/', 1)[1]}")
+    return lines

@@ -14,7 +14,7 @@ import pytest
 
 from shards.commit import commit
 from shards.gc import collect_garbage
-from shards.manifest import manifest_files
+from shards.manifest import card_files, manifest_files
 from shards.parts import cut_parts, write_part
 from shards.publisher import plan_publication, publish
 from shards.readers import open_webdataset
@@ -108,7 +108,8 @@ def test_a_new_day_uploads_only_the_objects_of_its_own_group(
         for e in manifest_files(second.manifest)
         if e["path"].startswith("objects/") and e["path"] not in old
     ]
-    assert day_puts == len(new_objects) + 1 + 1 + 3 + 1 + 1
+    card = len(card_files(second.manifest))  # card.md and its plots
+    assert day_puts == len(new_objects) + 1 + 1 + 3 + card + 1 + 1
     assert day_puts * 10 <= full_puts
     assert len(new_objects) == 2  # one shard and one chunk: the new week of the test split
 

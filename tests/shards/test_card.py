@@ -1,0 +1,203 @@
+"""The dataset card: card.md and PNG plots under <version>/card/, listed in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from flows.publish.publishing import card_uri
+from shards.card import summarize
+from shards.definition import PublishSpec, TimeSplit
+from shards.manifest import card_files, card_key
+from shards.publisher import PublishResult, plan_publication, publish
+from shards.storage import LocalStorage, open_storage
+from tests.shards.synthetic import flights_publish_spec, synthetic_gold
+
+SPEC = flights_publish_spec(batch_size=128)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def gold() -> pa.Table:
+    return synthetic_gold(600, seed=3)
+
+
+@pytest.fixture(scope="module")
+def lake(gold: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A storage folder where ``gold`` is published, once for the module."""
+    root = tmp_path_factory.mktemp("lake")
+    _publish(root, gold)
+    return root
+
+
+@pytest.fixture
+def result(lake: Path, gold: pa.Table) -> PublishResult:
+    """That publication (publishing the same rows again finds it: status ``exists``)."""
+    found = _publish(lake, gold)
+    assert found.status == "exists"
+    return found
+
+
+def _source(table: pa.Table, spec: PublishSpec = SPEC):
+    return lambda: table.to_batches(max_chunksize=spec.batch_size)
+
+
+def _publish(root: Path, table: pa.Table, spec: PublishSpec = SPEC) -> PublishResult:
+    return publish(spec, open_storage(str(root)), _source(table, spec))
+
+
+def _in_window(table: pa.Table, spec: PublishSpec, split: str) -> pa.Table:
+    assert isinstance(spec.split, TimeSplit)
+    [window] = [w for w in spec.split.windows if w.name == split]
+    anchors = pc.cast(table[spec.anchor], pa.timestamp("us", tz="UTC"))
+    utc = pa.timestamp("us", tz="UTC")
+    inside = pc.and_(
+        pc.greater_equal(anchors, pa.scalar(window.start, utc)),
+        pc.less(anchors, pa.scalar(window.end, utc)),
+    )
+    return table.filter(inside)
+
+
+def _card(root: Path, result: PublishResult) -> dict[str, bytes]:
+    folder = root / "datasets" / result.name / result.version / "card"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_published_version_lists_its_card_files_with_their_sha256(
+    lake: Path, result: PublishResult
+):
+    entries = card_files(result.manifest)
+    names = [entry["path"].rpartition("/")[2] for entry in entries]
+    assert names[0] == "card.md"
+    assert {"split_sizes.png", "label_rate.png", "missing.png", "features-1.png"} <= set(names)
+    dataset = lake / "datasets" / "flights"
+    for entry in entries:
+        assert entry["path"].startswith(f"{result.version}/card/")
+        data = (dataset / entry["path"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
+        assert entry["path"].endswith(".md") or data.startswith(PNG)
+    assert set(_card(lake, result)) == set(names)  # nothing unlisted in the folder
+    assert result.manifest["card"]["path"] == f"{result.version}/card/card.md"
+    storage = LocalStorage(lake)
+    assert card_uri(storage, result.manifest) == str(dataset / result.version / "card/card.md")
+    assert storage.exists(card_key("flights", result.manifest["card"]))
+
+
+def test_card_md_shows_the_manifest_counts_and_the_label_rate_of_every_split(
+    gold: pa.Table, lake: Path, result: PublishResult
+):
+    manifest = result.manifest
+    text = (lake / "datasets/flights" / manifest["card"]["path"]).read_text()
+    assert f"Version `{result.version}`" in text
+    for split in SPEC.split_names:
+        count = manifest["splits"][split]["count"]
+        rate = manifest["card"]["splits"][split]["label_rate"]
+        assert manifest["card"]["splits"][split]["count"] == count > 0
+        labels = _in_window(gold, SPEC, split)[SPEC.label].to_pylist()
+        assert len(labels) == count
+        assert math.isclose(rate, sum(labels) / len(labels))
+        share = f"{100 * count / sum(result.counts.values()):.1f}%"
+        assert f"| {split} | {count:,} | {share} | {rate:.4f} |" in text
+    for name in ("split_sizes.png", "label_rate.png", "missing.png", "features-1.png"):
+        assert f"]({name})" in text
+
+
+def test_the_same_inputs_give_the_same_card_and_an_existing_version_keeps_its_card(
+    gold: pa.Table, lake: Path, result: PublishResult, tmp_path: Path
+):
+    card_md = lake / "datasets/flights" / result.manifest["card"]["path"]
+    written = card_md.stat().st_mtime_ns
+    again = _publish(lake, gold)
+    assert again.status == "exists" and again.manifest["card"] == result.manifest["card"]
+    assert card_md.stat().st_mtime_ns == written
+
+    elsewhere = _publish(tmp_path, gold)
+    assert elsewhere.status == "published"
+    assert _card(tmp_path, elsewhere) == _card(lake, result)
+    assert elsewhere.manifest["card"] == result.manifest["card"]
+
+
+def test_a_card_file_already_in_storage_is_kept_and_listed_as_it_is(gold: pa.Table, tmp_path: Path):
+    """A crashed (or racing) publication of the same version wrote it: never overwritten."""
+    storage = open_storage(str(tmp_path))
+    version = plan_publication(SPEC, _source(gold)()).version
+    storage.put_bytes(f"datasets/flights/{version}/card/card.md", b"an earlier card\n")
+    published = publish(SPEC, storage, _source(gold))
+    [entry] = [e for e in card_files(published.manifest) if e["path"].endswith("card.md")]
+    assert entry["sha256"] == hashlib.sha256(b"an earlier card\n").hexdigest()
+    assert storage.get_bytes(f"datasets/flights/{entry['path']}") == b"an earlier card\n"
+
+
+def _rows(values: dict[str, list[Any]]) -> pa.Table:
+    utc = pa.timestamp("us", tz="UTC")
+    return pa.table(
+        {
+            "id": pa.array(values["id"]),
+            "at": pa.array(values["at"], utc),
+            "y": pa.array(values["y"], pa.bool_()),
+            "n": pa.array(values["n"], pa.float64()),
+            "k": pa.array(values["k"], pa.int32()),
+            "c": pa.array(values["c"], pa.string()),
+        }
+    )
+
+
+def test_summaries_count_missing_values_histograms_and_top_values_per_split():
+    spec = PublishSpec(
+        name="tiny",
+        source="gold.tiny",
+        example_id="id",
+        anchor="at",
+        label="y",
+        numeric_features=["n", "k"],
+        categorical_features=["c"],
+        split={
+            "method": "time",
+            "windows": [
+                {"name": "early", "start": "2024-01-01", "end": "2024-02-01"},
+                {"name": "late", "start": "2024-02-01", "end": "2024-04-01"},
+            ],
+        },
+        train_split="early",
+    )
+    day = [datetime(2024, m, d, tzinfo=UTC) for m, d in ((1, 5), (1, 9), (2, 1), (3, 3), (5, 1))]
+    table = _rows(
+        {
+            "id": ["a", "b", "c", "d", "e"],
+            "at": day,
+            "y": [True, False, True, True, False],
+            "n": [1.0, math.nan, None, 4.0, 9.0],
+            "k": [3, 3, 5, None, 1],
+            "c": ["x", None, "x", "z", "x"],
+        }
+    )
+    summary = summarize(spec, lambda: table.to_batches(max_chunksize=2))
+
+    assert summary.counts == {"early": 2, "late": 2}  # "e" is outside every split
+    assert summary.label_rate == {"early": 0.5, "late": 1.0}
+    assert summary.months == ["2024-01", "2024-02", "2024-03"]
+    assert summary.monthly["late"] == {"2024-02": (1, 1.0), "2024-03": (1, 1.0)}
+    assert summary.missing() == {
+        "n": {"early": 1, "late": 1},  # NaN and NULL are both missing
+        "k": {"early": 0, "late": 1},
+        "c": {"early": 1, "late": 0},
+    }
+    n, k = summary.numeric
+    assert (n.low, n.high, n.mean) == (1.0, 4.0, {"early": 1.0, "late": 4.0})
+    assert sum(n.counts["early"]) == 1 and n.counts["late"][-1] == 1
+    assert k.edges == [2.5, 3.5, 4.5, 5.5]  # integers: one bin per value
+    assert k.counts == {"early": [2, 0, 0], "late": [0, 0, 1]}
+    [c] = summary.categorical
+    assert (c.top, c.counts, c.other) == (
+        ["x", "z"],
+        {"early": [1, 0], "late": [1, 1]},
+        {"early": 0, "late": 0},
+    )
+    assert c.distinct == {"early": 1, "late": 2}
