@@ -15,9 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import date
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.deployments import run_deployment
 from prefect.tasks import exponential_backoff
 
@@ -25,32 +31,15 @@ from flows import stages
 from flows.datasets import DEFAULT_DATASET
 from flows.ingest.files import BatchResult, ContractViolation, Progress, ingest_file
 from flows.ingest.postgres import SourceRead, read_source
+from flows.publish import artifacts
 from flows.retries import BACKOFF_FACTOR_S, JITTER, RETRIES, retry_transient
 from flows.settings import Settings, load_settings
 from flows.specs import DatasetSpec
 from shards.definition import PublishSpec
 from shards.parts import Part
-from shards.publisher import PartRunner, Plan
+from shards.publisher import PartRunner, Plan, read_manifest
 
 TASK_TIMEOUT_S = {"ingest": 1800, "transform": 3600, "shard": 3600}
-
-# Kubernetes job variables per stage (names from k8s/base-job-template.json), overridable
-# with the pipeline's `job_variables` parameter.
-STAGE_JOB_VARIABLES: dict[str, dict[str, str]] = {
-    "ingest": {
-        "cpu_request": "500m",
-        "cpu_limit": "1",
-        "memory_request": "512Mi",
-        "memory_limit": "1Gi",
-    },
-    "transform": {
-        "cpu_request": "1",
-        "cpu_limit": "2",
-        "memory_request": "1Gi",
-        "memory_limit": "2Gi",
-    },
-    "shard": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "4Gi"},
-}
 
 
 def _retried(stage: str, **options: Any) -> Any:
@@ -172,7 +161,40 @@ def transform(
     restate: bool = False,
 ) -> dict[str, Any]:
     """SQLMesh plan/apply/run for the environment; a failed audit fails the flow."""
-    return transform_task(dataset, start, end, restate, _run_id())
+    summary = transform_task(dataset, start, end, restate, _run_id())
+    create_table_artifact(
+        key=artifacts.artifact_key("transform", dataset),
+        table=artifacts.transform_rows(summary),
+        description=(
+            f"{dataset} in {summary.get('environment')}: {summary.get('intervals_evaluated')} "
+            f"interval(s) evaluated, {summary.get('audits_passed')} audit(s) passed"
+        ),
+    )
+    return summary
+
+
+class PublishProgress:
+    """Logs a publication's messages and shows how far it is in a progress artifact, created
+    once parts are to be written (a publication that finds its version published has none)."""
+
+    def __init__(self, dataset: str, log: Progress):
+        self.key = artifacts.artifact_key("publish", dataset, "progress")
+        self.dataset = dataset
+        self.log = log
+        self.artifact: UUID | None = None
+
+    def __call__(self, message: str) -> None:
+        self.log(message)
+        fraction = getattr(message, "fraction", None)
+        if fraction is None:
+            return
+        percent = round(100 * fraction, 1)
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, percent)
+        elif percent < 100:
+            self.artifact = create_progress_artifact(
+                percent, key=self.key, description=f"Publishing {self.dataset}"
+            )
 
 
 @_retried("shard")
@@ -183,7 +205,7 @@ def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
         dataset,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
-        progress=get_run_logger().info,
+        progress=PublishProgress(dataset, get_run_logger().info),
         run_parts=_part_deployments(dataset) if settings.work_pool else None,
     )
 
@@ -222,11 +244,33 @@ def shard_part(dataset: str, source: str, version: str, part: dict[str, Any]) ->
 def shard(dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
     """Split gold, write shards, publish the manifest last."""
     summary = shard_task(dataset, _run_id())
-    create_markdown_artifact(
-        key=f"published-{dataset.replace('_', '-')}",
-        markdown=f"### Published {dataset}\n\n```\n{summary.get('published')}\n```\n",
-    )
+    _publish_shard_artifacts(dataset, summary["published"])
     return summary
+
+
+def _publish_shard_artifacts(dataset: str, published: dict[str, Any]) -> None:
+    """Tables of the published version (examples and label rate per split, train-only
+    statistics) and where it and its dataset card are."""
+    from flows.publish.publishing import card_uri, dataset_storage
+
+    storage = dataset_storage(load_settings())
+    manifest = read_manifest(storage, published["name"], published["version"])
+    version = published["version"]
+    create_table_artifact(
+        key=artifacts.artifact_key("published", dataset),
+        table=artifacts.split_rows(manifest),
+        description=f"{dataset} {version}: examples and label rate per split",
+    )
+    create_table_artifact(
+        key=artifacts.artifact_key("train-statistics", dataset),
+        table=artifacts.statistics_rows(manifest),
+        description=f"{dataset} {version}: train-only statistics per feature",
+    )
+    create_markdown_artifact(
+        key=artifacts.artifact_key("publication", dataset),
+        markdown=artifacts.publication_markdown(published, manifest, card_uri(storage, manifest)),
+        description=f"{dataset} {version}: where it is published, and its dataset card",
+    )
 
 
 def _run_stage_deployment(
@@ -259,14 +303,18 @@ def pipeline(
     """ingest -> transform -> shard, each stage a flow run of its own.
 
     A date range (``start``/``end``) reprocesses exactly that range in transform (restating
-    it when ``restate``), which makes backfills idempotent.
+    it when ``restate``), which makes backfills idempotent. Each stage deployment runs with
+    its own size (``flowRun.stages`` of the chart's values); ``job_variables`` (per stage,
+    e.g. ``{"shard": {"memory_limit": "16Gi"}}``) overrides it for this run only.
     """
     logger = get_run_logger()
     settings = load_settings()
 
     def run_stage(stage: str, parameters: dict[str, Any]) -> Any:
         if settings.work_pool:
-            variables = {**STAGE_JOB_VARIABLES[stage], **(job_variables or {}).get(stage, {})}
+            # The stage deployment's own job variables (its size, from the chart's values)
+            # apply; the caller's `job_variables` override them for this run only.
+            variables = (job_variables or {}).get(stage, {})
             logger.info(
                 "stage %s: deployment %s/%s on pool %s", stage, stage, dataset, settings.work_pool
             )
@@ -291,3 +339,21 @@ def retention(dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
     get_run_logger().info("%d batch(es) of %s past their retention", len(expired), dataset)
     runs = pipeline(dataset, stages_to_run=["transform", "shard"]) if expired else {}
     return {"expired": expired, "runs": runs}
+
+
+@flow(name="freshness", log_prints=True)
+def freshness(dataset: str | None = None) -> dict[str, Any]:
+    """The status of one dataset (default: every bundled one) as a markdown artifact; fails
+    when a raw table or the latest version is older than its spec allows, so that Prefect's
+    failed-run notifications fire."""
+    from flows.specs import bundled_specs, load_spec
+    from flows.status import raise_if_stale, report_lines, status_report
+
+    report = status_report(load_settings(), [load_spec(dataset)] if dataset else bundled_specs())
+    create_markdown_artifact(
+        key=artifacts.artifact_key("freshness", dataset or "all"),
+        markdown="```\n" + "\n".join(report_lines(report)) + "\n```",
+        description="; ".join(report.breaches) or "every dataset within its freshness limits",
+    )
+    raise_if_stale(report)
+    return report.to_dict()

@@ -191,6 +191,12 @@ def transform_stage(
         summary["models_evaluated"] = sorted(result.models_evaluated)
         summary["intervals_evaluated"] = len(result.evaluations)
         summary["audits_passed"] = sum(e.audits_passed for e in result.evaluations)
+        per_model: dict[str, dict[str, int]] = {}  # intervals and audits passed per model
+        for e in result.evaluations:
+            counted = per_model.setdefault(e.model, {"intervals": 0, "audits_passed": 0})
+            counted["intervals"] += 1
+            counted["audits_passed"] += e.audits_passed
+        summary["per_model"] = per_model
         summary["restatements"] = [
             {"models": list(r.models), "start": r.start, "end": r.end, "reason": r.reason}
             for r in result.restatements
