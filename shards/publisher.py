@@ -24,20 +24,20 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.commit import commit, latest_records
 from shards.definition import PublishSpec
 from shards.manifest import card_key, latest_key, manifest_key, plan_key, version_prefix
 from shards.parts import Part, cut_parts, missing_groups, stored_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
+from shards.spill import Spill, SpillWriter
 from shards.storage import Storage
 
 __all__ = ["Part", "Plan", "PublishError", "PublishResult", "plan_publication", "publish"]
@@ -124,48 +124,12 @@ def read_latest(storage: Storage, name: str) -> str | None:
     return storage.get_bytes(key).decode().strip() if storage.exists(key) else None
 
 
-def _spill(batches: Iterable[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
-    """Pass the batches through, writing them to an Arrow IPC stream file on the way."""
-    writer = None
-    try:
-        for batch in batches:
-            if writer is None:
-                writer = pa.ipc.new_stream(str(path), batch.schema)
-            writer.write_batch(batch)
-            yield batch
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-def replay(path: Path, spec: PublishSpec, part: Part | None = None) -> Iterator[pa.RecordBatch]:
-    """The spilled batches (memory-mapped), only the rows of ``part``'s anchor range if given."""
-    if not path.exists():
-        return
-    bounds = None
-    if part is not None:
-        start, end = part.anchor_range(spec.shard_period)
-        bounds = (
-            pa.scalar(start, pa.timestamp("us", tz="UTC")),
-            pa.scalar(end, pa.timestamp("us", tz="UTC")),
-        )
-    with pa.memory_map(str(path)) as source:
-        for batch in pa.ipc.open_stream(source):
-            if bounds is None:
-                yield batch
-                continue
-            anchors = pc.cast(batch.column(spec.anchor), pa.timestamp("us", tz="UTC"))
-            inside = pc.and_(pc.greater_equal(anchors, bounds[0]), pc.less(anchors, bounds[1]))
-            kept = batch.filter(inside)
-            if kept.num_rows:
-                yield kept
-
-
 def _write_spilled_part(
-    spec: PublishSpec, plan: Plan, part: Part, spill: Path, storage: Storage, workdir: Path
+    spec: PublishSpec, plan: Plan, part: Part, spill: Spill, storage: Storage, workdir: Path
 ) -> list[dict[str, Any]]:
     """One part from the spill file (a top-level function, so worker processes can run it)."""
-    return write_part(spec, plan, part, replay(spill, spec, part), storage, workdir=workdir)
+    rows = spill.batches(*part.anchor_range(spec.shard_period))
+    return write_part(spec, plan, part, rows, storage, workdir=workdir)
 
 
 def _part_done(spec: PublishSpec, plan: Plan, part: Part) -> str:
@@ -176,7 +140,7 @@ def write_parts(
     spec: PublishSpec,
     plan: Plan,
     parts: list[Part],
-    spill: Path,
+    spill: Spill,
     storage: Storage,
     *,
     workers: int = 1,
@@ -231,13 +195,14 @@ def publish(
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shardyard-publish-", dir=workdir) as tmp:
-        spill = Path(tmp) / "source.arrows"
+        spilling = SpillWriter(Path(tmp) / "source.arrow", spec.anchor)
+        spill = spilling.spill
         columns = spec.source_columns()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage") as reader:
             # What storage holds is read while the plan's pass runs.
             holding = reader.submit(StoredState.read, storage, spec.name)
-            rows = _spill((select_columns(b, columns) for b in source()), spill)
+            rows = spilling.through(select_columns(b, columns) for b in source())
             plan = plan_publication(spec, rows)
             stored = holding.result()
         timings["plan_s"] = time.perf_counter() - started
@@ -294,7 +259,7 @@ def publish(
         started = time.perf_counter()
         from shards.card import write_card  # polars and matplotlib: only when a card is written
 
-        card = write_card(storage, spec, plan, lambda: replay(spill, spec))
+        card = write_card(storage, spec, plan, spill.batches)
         timings["card_s"] = time.perf_counter() - started
         _say(
             progress,
