@@ -25,16 +25,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
 
-# torch and torchvision come from the PyTorch CPU index: the PyPI wheels for Linux are CUDA
-# builds that pull several GB of nvidia-* libraries a data pipeline never uses. The versions
-# are read from requirements.lock (with the +cpu local label), so the lock stays the one
-# place that pins them; the next step's `-c requirements.lock` is satisfied by the +cpu
-# builds and leaves them in place. Then the locked dependencies are installed before the
-# sources are copied, so editing code does not re-download them.
+# The flow runs need only the core dependencies: no torch, litdata or webdataset (the
+# [train] extra, for trainers), no embedded PostgreSQL or bundled data (the [demo] extra).
+# The locked dependencies are installed before the sources are copied, so editing code does
+# not re-download them.
 RUN python -m venv /opt/venv \
-    && sed -n -E 's/^(torch|torchvision)==(.*)$/\1==\2+cpu/p' requirements.lock > /tmp/torch-cpu.txt \
-    && pip install --no-cache-dir --no-deps \
-        --index-url https://download.pytorch.org/whl/cpu -r /tmp/torch-cpu.txt \
     && pip install --no-cache-dir -c requirements.lock .
 
 COPY flows ./flows

