@@ -154,6 +154,22 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+# `shardyard status`: something is older than its spec's freshness allows.
+EXIT_STALE = 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flows.status import report_lines, status_report
+
+    specs = [load_spec(args.dataset)] if args.dataset else bundled_specs()
+    report = status_report(load_settings(), specs)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report_lines(report)))
+    return EXIT_STALE if report.stale else 0
+
+
 def _print_ingest(summary: stages.Summary) -> None:
     _print_batches([BatchResult(**b) for b in summary["batches"]])
     for rejected in summary["rejected"]:
@@ -418,6 +434,13 @@ def build_parser() -> Parser:
     _pipeline_commands(command)
     _datasets_command(commands.add_parser, common)
     _governance_commands(command)
+    status = command(
+        "status",
+        cmd_status,
+        "raw batches, transform, latest version, failures and freshness (exit 3 when stale)",
+    )
+    status.add_argument("--dataset", type=dataset_name, help="only this dataset (default all)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
 

@@ -5,6 +5,7 @@
 - ``meta.datasets``: the registry of published dataset versions.
 - ``meta.source_reads``: how far each database source has been read.
 - ``meta.deletion_requests``: entities to forget in every published version.
+- ``meta.failures`` (a view): every failed stage run and every rejected or failed batch.
 
 Each table is created on first use; a column added here later is added to existing
 databases too (so new columns must allow NULL). SQLMesh learns the tables' columns from the
@@ -160,8 +161,39 @@ DELETION_REQUESTS = MetaTable(
 META_TABLES = (INGEST_BATCHES, STAGE_RUNS, DATASETS, SOURCE_READS, DELETION_REQUESTS)
 
 
-def relation(table: MetaTable) -> sql.Identifier:
+@dataclass(frozen=True)
+class MetaView:
+    name: str
+    description: str
+    query: str  # {<table name>} stands for each of ``tables``
+    tables: tuple[MetaTable, ...]
+
+    @property
+    def definition(self) -> sql.Composed:
+        return sql.SQL(self.query).format(**{t.name: relation(t) for t in self.tables})
+
+
+FAILURES = MetaView(
+    "failures",
+    "Every failure recorded in meta: failed stage runs, and batches the contract "
+    "gate rejected or that broke off.",
+    "SELECT dataset, 'stage run' AS kind, stage AS subject, run_id AS ref, status, "
+    "finished_at AS failed_at, summary->>'error' AS reason "
+    "FROM {stage_runs} WHERE status = 'failed' "
+    "UNION ALL "
+    "SELECT dataset, 'batch', table_name, batch_id, status, finished_at, reason "
+    "FROM {ingest_batches} WHERE status IN ('rejected', 'failed')",
+    (STAGE_RUNS, INGEST_BATCHES),
+)
+
+
+def relation(table: MetaTable | MetaView) -> sql.Identifier:
     return sql.Identifier(META, table.name)
+
+
+def _lock_first_uses(conn: psycopg.Connection) -> None:
+    """Serialize first uses of ``meta`` from concurrent processes (until the transaction ends)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
 
 
 def ensure_meta_table(conn: psycopg.Connection, table: MetaTable) -> None:
@@ -170,7 +202,7 @@ def ensure_meta_table(conn: psycopg.Connection, table: MetaTable) -> None:
 
     First uses from concurrent processes are serialized by an advisory lock held until the
     transaction ends, so ``CREATE ... IF NOT EXISTS`` never races with itself."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('shardyard.meta', 0))")
+    _lock_first_uses(conn)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)))
     definitions = [
         sql.SQL("{} {} {}").format(sql.Identifier(c.name), sql.SQL(c.type), sql.SQL(c.constraint))
@@ -217,3 +249,36 @@ def ensure_meta_table(conn: psycopg.Connection, table: MetaTable) -> None:
             )
     for index in table.indexes:
         conn.execute(sql.SQL(index).format(table=relation(table)))
+
+
+def ensure_meta_view(conn: psycopg.Connection, view: MetaView) -> None:
+    """Create ``meta.<view>`` (and the tables it reads) as defined above, replacing a view
+    defined differently by an older version (its comment holds a hash of the definition).
+
+    A view already as defined costs one catalog lookup and takes no lock on its tables (their
+    ``ALTER TABLE`` would wait for every open transaction that read them, a long load's)."""
+    definition = view.definition.as_string(conn)
+    stamp = f"{view.description} [{hashlib.md5(definition.encode()).hexdigest()[:8]}]"
+    if _comment(conn, view) == stamp:
+        return
+    _lock_first_uses(conn)
+    if _comment(conn, view) == stamp:
+        return  # made meanwhile
+    for table in view.tables:
+        if not _exists(conn, table):  # an existing one is not altered (see above)
+            ensure_meta_table(conn, table)
+    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(relation(view)))
+    conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(relation(view), view.definition))
+    conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(relation(view), sql.Literal(stamp)))
+
+
+def _exists(conn: psycopg.Connection, table: MetaTable) -> bool:
+    found = conn.execute("SELECT to_regclass(%s)", (relation(table).as_string(conn),)).fetchone()
+    return bool(found and found[0])
+
+
+def _comment(conn: psycopg.Connection, view: MetaView) -> str | None:
+    found = conn.execute(
+        "SELECT obj_description(to_regclass(%s), 'pg_class')", (relation(view).as_string(conn),)
+    ).fetchone()
+    return found[0] if found else None

@@ -11,11 +11,20 @@ from __future__ import annotations
 import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from shards.definition import PublishSpec
 
@@ -247,6 +256,67 @@ class TransformSpec(BaseModel):
         return value
 
 
+DURATION = re.compile(r"^([1-9][0-9]*)([smhd])$")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: object) -> timedelta:
+    """``90m``, ``26h``, ``2d`` (or ``30s``): a whole positive number and one unit."""
+    match = DURATION.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90m, 26h or 2d")
+    return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling of a duration: ``26h``, ``2d``, ``90m``."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _parse_limits(value: object) -> object:
+    """One duration, or a duration per table."""
+    if isinstance(value, dict):
+        return {name: parse_duration(text) for name, text in value.items()}
+    return value if value is None else parse_duration(value)
+
+
+def _format_limits(value: timedelta | dict[str, timedelta] | None) -> str | dict[str, str] | None:
+    if isinstance(value, dict):
+        return {name: format_duration(limit) for name, limit in value.items()}
+    return value if value is None else format_duration(value)
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+Limits = Annotated[
+    timedelta | dict[str, timedelta] | None,
+    BeforeValidator(_parse_limits),
+    PlainSerializer(_format_limits),
+]
+
+
+class Freshness(BaseModel):
+    """How old a dataset's data may get before ``shardyard status`` calls it stale: each raw
+    table's newest loaded batch (``raw``: one limit for every table, or a limit per table;
+    tables not named are not checked), and its latest published version (``published``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw: Limits = None
+    published: Duration | None = None
+
+    def raw_limit(self, table: str) -> timedelta | None:
+        """The limit of one raw table, or None when it is not checked."""
+        if isinstance(self.raw, dict):
+            return self.raw.get(table)
+        return self.raw
+
+
 class DatasetSpec(BaseModel):
     """A whole dataset: tables, governance, transform settings and the publish section."""
 
@@ -264,6 +334,11 @@ class DatasetSpec(BaseModel):
     )
     tables: dict[str, TableSpec]
     publish: PublishSpec | None = None
+    freshness: Freshness = Field(
+        default_factory=Freshness,
+        description="How old raw tables and the latest published version may get "
+        "(`shardyard status`, the freshness flow).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -278,6 +353,16 @@ class DatasetSpec(BaseModel):
         unknown = sorted(set(self.governance.forget_keys) - columns)
         if unknown:
             raise ValueError(f"governance.forget_keys names no column of any table: {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _freshness_names_tables(self) -> DatasetSpec:
+        if isinstance(self.freshness.raw, dict):
+            unknown = sorted(set(self.freshness.raw) - set(self.tables))
+            if unknown:
+                raise ValueError(f"freshness.raw names no table of the dataset: {unknown}")
+        if self.freshness.published is not None and self.publish is None:
+            raise ValueError("freshness.published needs a publish section")
         return self
 
     @field_validator("tables")
