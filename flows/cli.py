@@ -27,6 +27,7 @@ from flows.ingest.files import BatchResult, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
 from flows.settings import Settings, SettingsError, load_settings
 from flows.specs import DatasetSpec, SpecError, bundled_datasets, bundled_specs, load_spec
+from flows.terminal import TerminalProgress
 from flows.transform.results import TransformFailed
 from shards.encoding import EncodingError
 from shards.planning import PublishError
@@ -82,14 +83,11 @@ def _print_batches(results: list[BatchResult]) -> None:
             print(f"  raw.{table:<10} {r.rows:>9,} rows  {verb:<24} batch {r.batch_id}  ({took})")
 
 
-def _say(message: str) -> None:
-    """Progress of long work, on stderr so that stdout stays the result."""
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings()
-    result = ingest_file(settings, args.dataset, args.table, args.file, progress=_say)
+    # Progress of long work goes to stderr (bars on a terminal), so stdout stays the result.
+    with TerminalProgress() as progress:
+        result = ingest_file(settings, args.dataset, args.table, args.file, progress=progress)
     _print_batches([result])
     return 0
 
@@ -111,7 +109,8 @@ def cmd_ops_replay(args: argparse.Namespace) -> int:
     # The slots exist before the first change, so CDC sees the whole history.
     replay(url, BEFORE_ANY_CHANGE)
     prepare_change_capture(settings, spec)
-    result = replay(url, until, progress=_say)
+    with TerminalProgress() as progress:
+        result = replay(url, until, progress=progress)
     print(f"ops replayed until {result.replayed_until.isoformat()} for dataset {spec.name}")
     for change, count in result.applied.items():
         print(f"  {change:<16} {count:>9,}")
@@ -201,7 +200,8 @@ def run_in_terminal(
     def run_stage(stage: str, parameters: dict[str, Any]) -> stages.Summary:
         number = chosen.index(stage) + 1
         print(f"{number}/{len(chosen)} {stage}: {STAGE_TITLES[stage]}", flush=True)
-        summary = stages.STAGE_FUNCTIONS[stage](settings, **parameters, progress=_say)
+        with TerminalProgress() as progress:
+            summary = stages.STAGE_FUNCTIONS[stage](settings, **parameters, progress=progress)
         PRINTERS[stage](summary)
         return summary
 

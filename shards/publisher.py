@@ -37,6 +37,7 @@ from shards.definition import PublishSpec
 from shards.manifest import card_key, latest_key, manifest_key, plan_key, version_prefix
 from shards.parts import Part, cut_parts, missing_groups, stored_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
+from shards.progress import Progress, Step
 from shards.spill import Spill, SpillWriter
 from shards.storage import Storage
 
@@ -45,7 +46,6 @@ __all__ = ["Part", "Plan", "PublishError", "PublishResult", "plan_publication", 
 log = logging.getLogger(__name__)
 
 BatchSource = Callable[[], Iterable[pa.RecordBatch]]
-Progress = Callable[[str], None]
 # Runs the parts somewhere else (each in its own pod): they read the plan from storage.
 PartRunner = Callable[[PublishSpec, Plan, list[Part]], None]
 
@@ -80,30 +80,22 @@ class StoredState:
         return cls(stored_groups(storage, name), latest_records(storage, name))
 
 
-class Step(str):
-    """A progress message that also says how far the publication is: ``fraction`` (0 to 1)
-    of it is done. A caller that only wants text uses it as the string it is."""
-
-    fraction: float
-
-    def __new__(cls, text: str, fraction: float) -> Step:
-        step = super().__new__(cls, text)
-        step.fraction = fraction
-        return step
-
-
-# How far a publication is once planned, once its parts are written and once its card is.
-PLANNED, PARTS_WRITTEN, CARD_WRITTEN = 0.1, 0.9, 0.95
-
-
-def _say(progress: Progress | None, message: str, fraction: float | None = None) -> None:
+def _say(progress: Progress | None, message: str) -> None:
     log.info(message)
     if progress is not None:
-        progress(message if fraction is None else Step(message, fraction))
+        progress(message)
 
 
-def _parts_fraction(done: int, total: int) -> float:
-    return PLANNED + (PARTS_WRITTEN - PLANNED) * done / max(total, 1)
+class Samples:
+    """Reports the samples a publication has written, as :class:`Step` messages."""
+
+    def __init__(self, progress: Progress | None, name: str, total: int):
+        self.progress, self.task, self.total, self.done = progress, f"publish {name}", total, 0
+
+    def say(self, message: str, written: int = 0) -> None:
+        self.done += written
+        task, done, total = self.task, self.done, self.total
+        _say(self.progress, Step(message, task=task, done=done, total=total, unit="samples"))
 
 
 def read_manifest(storage: Storage, name: str, version: str) -> dict[str, Any]:
@@ -145,16 +137,17 @@ def write_parts(
     *,
     workers: int = 1,
     workdir: Path,
-    progress: Progress | None = None,
+    samples: Samples | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the parts one after another (``workers=1``) or in that many local processes;
     returns the records of the groups they wrote, by key."""
     records: dict[str, dict[str, Any]] = {}
     if workers <= 1 or len(parts) <= 1:
-        for done, part in enumerate(parts, start=1):
+        for part in parts:
             written = _write_spilled_part(spec, plan, part, spill, storage, workdir)
             records.update((record["key"], record) for record in written)
-            _say(progress, _part_done(spec, plan, part), _parts_fraction(done, len(parts)))
+            if samples is not None:
+                samples.say(_part_done(spec, plan, part), part.rows)
         return records
     import multiprocessing
 
@@ -164,9 +157,10 @@ def write_parts(
             pool.submit(_write_spilled_part, spec, plan, part, spill, storage, workdir)
             for part in parts
         ]
-        for done, (part, future) in enumerate(zip(parts, futures, strict=True), start=1):
+        for part, future in zip(parts, futures, strict=True):
             records.update((record["key"], record) for record in future.result())
-            _say(progress, _part_done(spec, plan, part), _parts_fraction(done, len(parts)))
+            if samples is not None:
+                samples.say(_part_done(spec, plan, part), part.rows)
     return records
 
 
@@ -228,18 +222,17 @@ def publish(
             )
 
         if storage.exists(manifest_key(spec.name, plan.version)):
-            _say(progress, f"{spec.name} {plan.version} is already published; nothing to do", 1.0)
+            _say(progress, f"{spec.name} {plan.version} is already published; nothing to do")
             return result("exists", read_manifest(storage, spec.name, plan.version))
 
         started = time.perf_counter()
         storage.put_bytes(plan_key(spec.name, plan.version), plan.to_json())
         todo = missing_groups(storage, spec, plan, stored.groups)
         parts = cut_parts(todo, part_rows or spec.part_rows)
-        _say(
-            progress,
+        samples = Samples(progress, spec.name, sum(part.rows for part in parts))
+        samples.say(
             f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
-            f"write in {len(parts)} part(s); the others are already in storage",
-            PLANNED,
+            f"write in {len(parts)} part(s); the others are already in storage"
         )
         written: dict[str, dict[str, Any]] = {}
         if run_parts is not None:
@@ -253,7 +246,7 @@ def publish(
                 storage,
                 workers=workers,
                 workdir=Path(tmp),
-                progress=progress,
+                samples=samples,
             )
         timings["write_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -261,18 +254,14 @@ def publish(
 
         card = write_card(storage, spec, plan, spill.batches)
         timings["card_s"] = time.perf_counter() - started
-        _say(
-            progress,
-            f"{spec.name} {plan.version}: card at {storage.uri(card_key(spec.name, card))}",
-            CARD_WRITTEN,
-        )
+        samples.say(f"{spec.name} {plan.version}: card at {storage.uri(card_key(spec.name, card))}")
     started = time.perf_counter()
     known = {**stored.latest, **written}
     manifest, created = commit(storage, spec, plan, lineage, known, card)
     timings["commit_s"] = time.perf_counter() - started
     if not created:
-        _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do", 1.0)
+        _say(progress, f"{spec.name} {plan.version} was published meanwhile; nothing to do")
         return result("exists", manifest, len(todo))
     write_latest(storage, spec.name, plan.version)
-    _say(progress, f"{spec.name} {plan.version} published at {storage.uri(prefix)}", 1.0)
+    samples.say(f"{spec.name} {plan.version} published at {storage.uri(prefix)}")
     return result("published", manifest, len(todo))
