@@ -157,6 +157,12 @@ def cmd_retention(args: argparse.Namespace) -> int:
 EXIT_STALE = 3
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.doctor import doctor
+
+    return doctor(load_settings(), args.namespace, work_pool=args.work_pool, context=args.context)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from flows.status import report_lines, status_report
 
@@ -441,6 +447,17 @@ def build_parser() -> Parser:
     )
     status.add_argument("--dataset", type=dataset_name, help="only this dataset (default all)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    doctor = command(
+        "doctor",
+        cmd_doctor,
+        "check that a cluster is ready for shardyard (exit 1 on a problem, 2 without a cluster)",
+    )
+    doctor.add_argument(
+        "--kubernetes", action="store_true", required=True, help="check the current kube context"
+    )
+    doctor.add_argument("--namespace", default="shardyard", help="the release's namespace")
+    doctor.add_argument("--work-pool", help="the work pool (default SHARDYARD_WORK_POOL)")
+    doctor.add_argument("--context", help="a kube context other than the current one")
     return parser
 
 

@@ -349,9 +349,10 @@ def freshness(dataset: str | None = None) -> dict[str, Any]:
     from flows.specs import bundled_specs, load_spec
     from flows.status import raise_if_stale, report_lines, status_report
 
-    report = status_report(load_settings(), [load_spec(dataset)] if dataset else bundled_specs())
+    specs = [load_spec(dataset)] if dataset else bundled_specs()
+    report = status_report(load_settings(), specs)
     create_markdown_artifact(
-        key=artifacts.artifact_key("freshness", dataset or "all"),
+        key=artifacts.artifact_key("freshness", specs[0].name if dataset else "all"),
         markdown="```\n" + "\n".join(report_lines(report)) + "\n```",
         description="; ".join(report.breaches) or "every dataset within its freshness limits",
     )

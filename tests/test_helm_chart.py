@@ -326,6 +326,34 @@ def test_a_credential_in_values_is_refused_by_the_schema() -> None:
             )
 
 
+def test_stage_sizes_and_the_notification_block_are_checked_by_the_schema() -> None:
+    size = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+    refused = [
+        {"flowRun": {"stages": {"publish": size}}},
+        {"flowRun": {"stages": {"shard-part": {"requests": {"cpu": "lots"}}}}},
+        {"notifications": {"block": "ml-alerts"}},
+        {"prefectBlocks": {"name": "Shardyard_Prod"}},
+    ]
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(chart.merge_values({"flowRun": {"stages": {"shard": size}}}))
+        for values in refused:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values(values))
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_registration_job_hands_each_stages_size_to_prefect_yaml(environment: str) -> None:
+    stages = environment_values(environment)["flowRun"]["stages"]
+    env = registration_env(environment)
+
+    for stage, size in stages.items():
+        prefix = f"SHARDYARD_{stage.upper().replace('-', '_')}"
+        for bound, suffix in (("requests", "REQUEST"), ("limits", "LIMIT")):
+            assert env[f"{prefix}_CPU_{suffix}"] == str(size[bound]["cpu"])
+            assert env[f"{prefix}_MEMORY_{suffix}"] == str(size[bound]["memory"])
+    assert set(stages) == {"ingest", "transform", "shard", "shard-part"}
+
+
 def test_secret_references_follow_the_values() -> None:
     values = environment_values("staging") | {
         "secrets": {
@@ -338,7 +366,12 @@ def test_secret_references_follow_the_values() -> None:
         }
     }
     rendered = manifests(render(values, "shardyard-staging"))
-    (config_map,) = [obj for obj in rendered if obj["kind"] == "ConfigMap"]
+    (config_map,) = [
+        obj
+        for obj in rendered
+        if obj["kind"] == "ConfigMap"
+        and obj["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
     defaults = json.loads(config_map["data"]["baseJobTemplate.json"])["variables"]["properties"]
 
     assert defaults["database_secret_name"]["default"] == "pg-url-from-vault"
@@ -394,9 +427,13 @@ def test_registration_job_applies_the_pool_and_deploys_prefect_yaml_after_each_r
     assert env["SHARDYARD_WORK_POOL"] == environment_values(environment)["workPool"]["name"]
     assert env["SHARDYARD_IMAGE"] == variable_defaults(environment)["image"]
     assert container["image"] == env["SHARDYARD_IMAGE"]
-    assert {"name": "base-job-template", "mountPath": "/config", "readOnly": True} in container[
-        "volumeMounts"
-    ]
+    assert {"name": "config", "mountPath": "/config", "readOnly": True} in container["volumeMounts"]
+    (config,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
+    sources = [source["configMap"] for source in config["projected"]["sources"]]
+    assert sources[0] == {
+        "name": f"{RELEASE}-base-job-template",
+        "items": [{"key": "baseJobTemplate.json", "path": "baseJobTemplate.json"}],
+    }
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)

@@ -179,6 +179,10 @@ Helm templates. */}}
 {{- with .Values.storage.region }}
 {{- $_ := set $env "AWS_REGION" . }}
 {{- end }}
+{{- if and .Values.prefectBlocks.enabled .Values.prefectBlocks.resultStorage.enabled }}
+{{- $_ := set $env "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK" (printf "s3-bucket/%s-results" (include "shardyard.blocksName" .)) }}
+{{- $_ := set $env "PREFECT_RESULTS_PERSIST_BY_DEFAULT" "true" }}
+{{- end }}
 {{- range $name, $value := .Values.flowRun.extraEnv }}
 {{- $_ := set $env $name (toString $value) }}
 {{- end }}
@@ -214,4 +218,35 @@ Helm templates. */}}
 {{- $_ := set $podLabels "app.kubernetes.io/instance" .Release.Name }}
 {{- $_ := set $podLabels "shardyard/environment" .Values.environment }}
 {{- toPrettyJson $template }}
+{{- end }}
+
+{{/* Prefix of the prefect-aws block names: prefectBlocks.name, else shardyard-<environment>. */}}
+{{- define "shardyard.blocksName" -}}
+{{- default (printf "shardyard-%s" .Values.environment) .Values.prefectBlocks.name }}
+{{- end }}
+
+{{- define "shardyard.automationsName" -}}
+{{- include "shardyard.componentName" (dict "root" . "suffix" "automations") }}
+{{- end }}
+
+{{/* The stages of prefect.yaml whose size comes from flowRun.stages, in a fixed order. */}}
+{{- define "shardyard.stages" -}}
+ingest transform shard shard-part
+{{- end }}
+
+{{/* SHARDYARD_<STAGE>_{CPU,MEMORY}_{REQUEST,LIMIT} of the registration Job, which prefect.yaml
+reads into each stage deployment's job_variables. */}}
+{{- define "shardyard.stageSizeEnv" -}}
+{{- range $stage := splitList " " (include "shardyard.stages" .) }}
+{{- $size := index $.Values.flowRun.stages $stage }}
+{{- $prefix := printf "SHARDYARD_%s" ($stage | upper | replace "-" "_") }}
+- name: {{ $prefix }}_CPU_REQUEST
+  value: {{ $size.requests.cpu | toString | quote }}
+- name: {{ $prefix }}_CPU_LIMIT
+  value: {{ $size.limits.cpu | toString | quote }}
+- name: {{ $prefix }}_MEMORY_REQUEST
+  value: {{ $size.requests.memory | toString | quote }}
+- name: {{ $prefix }}_MEMORY_LIMIT
+  value: {{ $size.limits.memory | toString | quote }}
+{{- end }}
 {{- end }}
