@@ -1,16 +1,24 @@
-"""The data-contract gate: rules from the dataset spec, checked in SQL on a new batch.
+"""The data-contract gate: rules from the dataset spec, checked on a new batch.
 
 The batch is checked in its own (not yet attached, not yet committed) table, so a failing
-batch is never visible downstream. All column rules are evaluated in one pass over the
-batch; each unique key needs a query of its own. Failing rules come back with a few
-sample rows (record number, file line and value) for the report a person reads.
+batch is never visible downstream. Most batches are decided before the gate starts: the
+client screen (:mod:`flows.ingest.screening`) reads the same bytes while they stream into
+COPY and *settles* every column whose values all certainly pass their rules, and every
+unique key whose 64-bit hashes are all distinct (:class:`Settled`). Whatever it cannot
+settle (a value outside its simple grammar, a failing rule, two rows sharing a hash)
+PostgreSQL checks here, in SQL, with its own input functions: it decides and explains.
+Without a screen (``settled=None``) every rule is checked in SQL. Failing rules come back
+with a few sample rows (record number, file line and value) for the report a person reads,
+and the report names what PostgreSQL checked (``checked_in_sql``).
 
-The pass is built for the common case, a clean batch. It parses each typed value once with
-a plain cast, which raises on the first value that does not parse; only then is the pass
-repeated with ``pg_input_is_valid``, which counts unparseable values instead of raising.
-Likewise the unique check builds (and drops) a unique index on a 64-bit hash of the key,
-which PostgreSQL sorts with parallel workers; only when two rows share a hash does it group
-by the key itself to count and show the duplicates.
+The SQL pass is built for the common case, a clean batch. All column rules are evaluated
+in one pass over the batch; only failing columns get a second, per-rule pass for counts
+and samples. It parses each typed value once with a plain cast, which raises on the first
+value that does not parse; only then is the pass repeated with ``pg_input_is_valid``,
+which counts unparseable values instead of raising. Likewise the unique check builds (and
+drops) a unique index on a 64-bit hash of the key, which PostgreSQL sorts with parallel
+workers; only when two rows share a hash does it group by the key itself to count and show
+the duplicates.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ SAMPLE_ROWS = 5
 # The types whose values are parsed with PostgreSQL's own parser (a cast, or
 # pg_input_is_valid): every spec type but text, as the same SQL type bronze casts to.
 PG_TYPES = {name: sql_type for name, sql_type in SQL_TYPES.items() if name != "text"}
+
+# In change data, the column that tells a delete, which carries only the source's key.
+CHANGE_OP, DELETE = "_change_op", "delete"
 
 
 @dataclass
@@ -55,6 +66,9 @@ class GateReport:
     sha256: str
     rows: int
     rules: list[RuleResult]
+    # The columns and unique keys PostgreSQL checked, because the client screen could not
+    # settle them; empty when the client settled the whole batch.
+    checked_in_sql: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -87,6 +101,27 @@ class GateReport:
                 f"{failure.failing} row(s){example}{detail}"
             )
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the client screen found passing, so that SQL need not check it again: the batch's
+    row count, the columns whose every value passes every rule, and the unique keys whose
+    hashes are all distinct."""
+
+    rows: int
+    columns: frozenset[str] = frozenset()
+    keys: frozenset[tuple[str, ...]] = frozenset()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's findings for one batch: its row count, every rule's result, and the columns
+    and unique keys PostgreSQL checked (those the client screen did not settle)."""
+
+    rows: int
+    rules: list[RuleResult]
+    checked_in_sql: list[str]
 
 
 @dataclass(frozen=True)
@@ -125,16 +160,21 @@ def _bound_value(rules: Column, rule: str) -> int | float | None:
     return rules.min if rule == "min" else rules.max
 
 
-def _breaks(value: sql.Composable, rules: Column, rule: str) -> sql.Composable:
-    """True when a parsed value breaks the column's min or max. The bound is a literal of
-    the column's type: integer columns compare exactly, as bigint (x >= 0.5 is x >= 1 for
-    an integer x), never through a float."""
+def compared_bound(rules: Column, rule: str) -> int | float | None:
+    """The column's min or max as values are compared with it, in the column's type: integer
+    columns compare exactly, as whole numbers (x >= 0.5 is x >= 1 for an integer x), never
+    through a float; number columns as double precision."""
     bound = _bound_value(rules, rule)
-    assert bound is not None
+    if bound is None:
+        return None
     if rules.type == "integer":
-        literal = sql.Literal(math.ceil(bound) if rule == "min" else math.floor(bound))
-    else:
-        literal = sql.Literal(float(bound))
+        return math.ceil(bound) if rule == "min" else math.floor(bound)
+    return float(bound)
+
+
+def _breaks(value: sql.Composable, rules: Column, rule: str) -> sql.Composable:
+    """True when a parsed value breaks the column's min or max (see :func:`compared_bound`)."""
+    literal = sql.Literal(compared_bound(rules, rule))
     return sql.SQL("{} {} {}").format(value, sql.SQL(BOUNDS[rule][0]), literal)
 
 
@@ -144,7 +184,9 @@ def _required(name: str, rules: Column, change_data: bool) -> sql.Composable:
     if not rules.not_null:
         return sql.Literal(False)
     if change_data and name not in CHANGE_COLUMNS:
-        return sql.SQL("_change_op IS DISTINCT FROM 'delete'")
+        return sql.SQL("{} IS DISTINCT FROM {}").format(
+            sql.Identifier(CHANGE_OP), sql.Literal(DELETE)
+        )
     return sql.Literal(True)
 
 
@@ -229,10 +271,14 @@ def _key_hashes_are_distinct(
     return True
 
 
+def _unique_result(key: list[str]) -> RuleResult:
+    return RuleResult("unique", ",".join(key), 0, f"duplicate key ({', '.join(key)})")
+
+
 def _unique_key(
     conn: psycopg.Connection, batch: sql.Identifier, key: list[str], first_data_line: int
 ) -> RuleResult:
-    result = RuleResult("unique", ",".join(key), 0, f"duplicate key ({', '.join(key)})")
+    result = _unique_result(key)
     if _key_hashes_are_distinct(conn, batch, key):
         return result
     failing, samples = conn.execute(
@@ -315,11 +361,12 @@ def _count_failing(
     return [int(n) for n in row]
 
 
-def _screen(conn: psycopg.Connection, batch: sql.Identifier, table: TableSpec) -> list[int]:
-    """Row count, then per column the number of rows failing any of its rules."""
+def _screen(
+    conn: psycopg.Connection, batch: sql.Identifier, table: TableSpec, names: list[str]
+) -> list[int]:
+    """Row count, then per named column the number of rows failing any of its rules."""
     markers = table.null_markers
     changes = table.change_data
-    names = list(table.columns)
     try:
         with conn.transaction():  # a savepoint: a value that does not parse aborts only this
             flags = [column_fails(n, table.columns[n], markers, change_data=changes) for n in names]
@@ -329,22 +376,67 @@ def _screen(conn: psycopg.Connection, batch: sql.Identifier, table: TableSpec) -
         return _count_failing(conn, batch, [sql.SQL("true"), *flags])
 
 
+def _column_results(
+    conn: psycopg.Connection,
+    batch: sql.Identifier,
+    table: TableSpec,
+    name: str,
+    *,
+    bad: bool,
+    first_data_line: int,
+) -> list[RuleResult]:
+    """Every rule of one column: all passing unless the column is ``bad``, when a per-rule
+    pass counts the failing rows and fetches samples."""
+    checks = column_checks(
+        name, table.columns[name], table.null_markers, change_data=table.change_data
+    )
+    counts = _count_failing(conn, batch, [c.condition for c in checks]) if bad else []
+    results = []
+    for index, check in enumerate(checks):
+        result = RuleResult(check.rule, check.column, counts[index] if bad else 0, check.detail)
+        if result.failing:
+            result.samples = _samples(conn, batch, check, first_data_line)
+        results.append(result)
+    return results
+
+
+def _unsettled(table: TableSpec, settled: Settled | None) -> tuple[list[str], list[list[str]]]:
+    """The columns and unique keys left for SQL to check. Change data holds several changes
+    of one key (an insert, then updates): a unique key there names the source's key, which
+    silver keeps one version of at a time, so it is not checked."""
+    keys = [] if table.change_data else table.unique
+    if settled is None:
+        return list(table.columns), keys
+    return (
+        [n for n in table.columns if n not in settled.columns],
+        [k for k in keys if tuple(k) not in settled.keys],
+    )
+
+
 def evaluate(
     conn: psycopg.Connection,
     batch: sql.Identifier,
     table: TableSpec,
     *,
     first_data_line: int,
-) -> tuple[int, list[RuleResult]]:
-    """Run every rule of the table's contract against the batch table.
+    settled: Settled | None = None,
+) -> Verdict:
+    """Every rule of the table's contract on the batch table; what ``settled`` holds passed
+    on the client, the rest is checked here in SQL (everything when ``settled`` is None).
 
     One pass counts rows and flags failing columns; only columns that fail get a second,
     per-rule pass for counts and sample rows.
     """
-    conn.execute("SET LOCAL work_mem = '256MB'")
-    conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-    names = list(table.columns)
-    rows, *bad_columns = _screen(conn, batch, table)
+    names, keys = _unsettled(table, settled)
+    if names or keys:
+        conn.execute("SET LOCAL work_mem = '256MB'")
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    if names:
+        rows, *counts = _screen(conn, batch, table, names)
+        bad = {name for name, n in zip(names, counts, strict=True) if n}
+    else:
+        assert settled is not None
+        rows, bad = settled.rows, set()
     results = [
         RuleResult(
             "min_rows",
@@ -353,18 +445,14 @@ def evaluate(
             f"{rows} row(s), at least {table.min_rows} required",
         )
     ]
-    for name, bad in zip(names, bad_columns, strict=True):
-        checks = column_checks(
-            name, table.columns[name], table.null_markers, change_data=table.change_data
+    for name in table.columns:
+        results += _column_results(
+            conn, batch, table, name, bad=name in bad, first_data_line=first_data_line
         )
-        counts = _count_failing(conn, batch, [c.condition for c in checks]) if bad else []
-        for index, check in enumerate(checks):
-            result = RuleResult(check.rule, check.column, counts[index] if bad else 0, check.detail)
-            if result.failing:
-                result.samples = _samples(conn, batch, check, first_data_line)
-            results.append(result)
-    # Change data holds several changes of one key (an insert, then updates): a unique key
-    # there names the source's key, which silver keeps one version of at a time.
-    if not table.change_data:
-        results.extend(_unique_key(conn, batch, key, first_data_line) for key in table.unique)
-    return rows, results
+    for key in [] if table.change_data else table.unique:
+        checked = key in keys
+        results.append(
+            _unique_key(conn, batch, key, first_data_line) if checked else _unique_result(key)
+        )
+    checked_in_sql = names + [f"unique ({', '.join(key)})" for key in keys]
+    return Verdict(rows, results, checked_in_sql)

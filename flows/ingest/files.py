@@ -1,11 +1,13 @@
 """Ingestion: land file drops into ``raw.*`` behind the contract gate.
 
 ``ingest_file`` is the whole story for one file: fetch and fingerprint it, skip it if this
-content already landed, stream it into a new batch table with COPY, run the contract gate,
-write the gate's JSON report, and attach the batch only if every rule passed. The batch is
-all or nothing: any failure rolls the transaction back. Every outcome is recorded in
-``meta.ingest_batches``. Prefect flows and the CLI call these functions; nothing here
-imports Prefect.
+content already landed, stream it into a new batch table with COPY while the client screen
+(:mod:`flows.ingest.screening`) checks the same bytes in a thread, run the contract gate
+(which checks in SQL only what the screen could not settle), write the gate's JSON report,
+and attach the batch only if every rule passed. The verdict is reached inside the loading
+transaction and the batch is all or nothing: any failure rolls the transaction back. Every
+outcome is recorded in ``meta.ingest_batches``. Prefect flows and the CLI call these
+functions; nothing here imports Prefect.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg import sql
 
 from flows.database import connect
 from flows.ingest import landing
-from flows.ingest.contracts import GateReport, RuleResult, evaluate
+from flows.ingest.contracts import GateReport, RuleResult, Verdict, evaluate
 from flows.ingest.readers import FileRejected, open_copy_stream
+from flows.ingest.screening import ClientScreen
 from flows.ingest.sources import SourceError, SourceFile, fetch_source, source_files
 from flows.settings import Settings
-from flows.specs import DatasetSpec, load_spec
+from flows.specs import DatasetSpec, TableSpec, load_spec
 from shards.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -154,16 +158,84 @@ def ingest_file(
     run_id: str | None = None,
     spec: DatasetSpec | None = None,
     progress: Progress | None = None,
+    client_screen: bool = True,
 ) -> BatchResult:
     """Land one file drop as one immutable batch of ``raw.<table>``.
 
     Raises :class:`FileRejected` (or :class:`ContractViolation`) for bad input, naming the
     file, line, column and rule; :class:`SourceError` when the file cannot be found; the
     database's own errors for connection trouble (those are the transient ones to retry).
+    ``client_screen=False`` has PostgreSQL check every rule (see :func:`load_and_gate`).
     """
     spec = spec or load_spec(dataset)
     with fetch_source(uri, settings) as source:
-        return land_source(settings, spec, table, source, run_id=run_id, progress=progress)
+        return land_source(
+            settings,
+            spec,
+            table,
+            source,
+            run_id=run_id,
+            progress=progress,
+            client_screen=client_screen,
+        )
+
+
+@dataclass(frozen=True)
+class GatedBatch:
+    """A batch table loaded in the open transaction, and the gate's verdict on it."""
+
+    part: sql.Identifier
+    verdict: Verdict
+
+
+def load_and_gate(
+    conn: psycopg.Connection,
+    table: str,
+    source: SourceFile,
+    batch_id: str,
+    table_spec: TableSpec,
+    *,
+    client_screen: bool = True,
+    progress: Progress | None = None,
+    seen_batches: Sequence[str] = (),
+    phases: dict[str, float] | None = None,
+    after_copy: Callable[[sql.Identifier], None] | None = None,
+) -> GatedBatch | None:
+    """COPY the file into a new batch table and run the contract gate on it, all in the
+    caller's transaction; None when every row had landed before (``seen_batches``).
+
+    While COPY streams the file, the client screen checks the same blocks in a thread; the
+    gate then checks in SQL only what the screen did not settle. ``client_screen=False``
+    leaves every rule to SQL: the careful path the screen's verdicts are tested against.
+    ``after_copy(part)`` runs once the rows are in, while the screen finishes (PostgreSQL
+    stamps the batch meanwhile). Raises :class:`FileRejected` for a file that cannot be
+    loaded."""
+    phases = {} if phases is None else phases
+    stream = open_copy_stream(source, table_spec)
+    part = landing.create_partition(conn, table, batch_id)
+    screen = ClientScreen(table_spec, stream) if client_screen else None
+    try:
+        streaming = StreamProgress(progress or (lambda _: None), source.name)
+        with _timed(phases, "copy"):
+            copying = screen.tee(stream) if screen else stream
+            copied = landing.copy_batch(conn, part, copying, source.uri, streaming)
+            dropped = landing.drop_seen_rows(conn, table, part, seen_batches) if seen_batches else 0
+        rows = copied - dropped
+        if rows == 0 and seen_batches:
+            return None
+        if streaming.spoke:
+            streaming.say(f"{source.name}: {rows:,} rows in; the contract gate checks them")
+        if after_copy is not None:
+            after_copy(part)
+        with _timed(phases, "gate"):
+            settled = screen.settled(copied, rows) if screen else None
+            verdict = evaluate(
+                conn, part, table_spec, first_data_line=stream.first_data_line, settled=settled
+            )
+    finally:
+        if screen:
+            screen.close()
+    return GatedBatch(part, verdict)
 
 
 def land_source(
@@ -176,6 +248,7 @@ def land_source(
     progress: Progress | None = None,
     before_commit: Callable[[psycopg.Connection, str], None] | None = None,
     seen_batches: Sequence[str] = (),
+    client_screen: bool = True,
 ) -> BatchResult:
     """Land a local file as one immutable batch of ``raw.<table>`` (see :func:`ingest_file`).
 
@@ -238,24 +311,20 @@ def land_source(
             conn.rollback()
             log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
             return outcome("skipped", 0)
+        stamp = _stamp(spec, batch_id, source)
         try:
-            stream = open_copy_stream(source, table_spec)
-            part = landing.create_partition(conn, table, batch_id)
-            streaming = StreamProgress(progress or (lambda _: None), source.name)
-            with _timed(phases, "copy"):
-                rows = landing.copy_batch(conn, part, stream, source.uri, streaming)
-                if seen_batches:
-                    rows -= landing.drop_seen_rows(conn, table, part, seen_batches)
-            if rows == 0 and seen_batches:
-                conn.rollback()
-                log.info("%s: every row landed before; nothing to do", source.uri)
-                return outcome("skipped", 0)
-            if streaming.spoke:
-                streaming.say(f"{source.name}: {rows:,} rows in; the contract gate checks them")
-            with _timed(phases, "gate"):
-                rows, results = evaluate(
-                    conn, part, table_spec, first_data_line=stream.first_data_line
-                )
+            gated = load_and_gate(
+                conn,
+                table,
+                source,
+                batch_id,
+                table_spec,
+                client_screen=client_screen,
+                progress=progress,
+                seen_batches=seen_batches,
+                phases=phases,
+                after_copy=lambda _: landing.stamp_partition(conn, table, stamp),
+            )
         except FileRejected as error:
             conn.rollback()
             report = rejection_report(spec, table, batch_id, source, error)
@@ -263,7 +332,22 @@ def land_source(
             record("rejected", None, str(error), report_uri)
             conn.commit()
             raise
-        report = GateReport(spec.name, table, batch_id, source.uri, source.sha256, rows, results)
+        if gated is None:
+            conn.rollback()
+            log.info("%s: every row landed before; nothing to do", source.uri)
+            return outcome("skipped", 0)
+        verdict = gated.verdict
+        rows = verdict.rows
+        report = GateReport(
+            spec.name,
+            table,
+            batch_id,
+            source.uri,
+            source.sha256,
+            rows,
+            verdict.rules,
+            verdict.checked_in_sql,
+        )
         report_uri = write_report(settings, report)
         if not report.passed:
             conn.rollback()
@@ -271,8 +355,7 @@ def land_source(
             record("rejected", rows, str(violation), report_uri)
             conn.commit()
             raise violation
-        landing.stamp_partition(conn, table, _stamp(spec, batch_id, source))
-        landing.finish_partition(conn, table, part, batch_id)
+        landing.finish_partition(conn, table, gated.part, batch_id)
         record("loaded", rows, None, report_uri)
         if before_commit is not None:
             before_commit(conn, batch_id)

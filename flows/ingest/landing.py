@@ -10,7 +10,8 @@ A batch's provenance and governance values are the same on every row, so they ar
 written row by row: the batch table is loaded with its data columns and record number only,
 and the constant columns are added afterwards with their value as the column default, which
 PostgreSQL keeps once in the catalog (a "fast default") instead of in each row. That halves
-the bytes a load writes.
+the bytes a load writes. Stamping reads every row once (to validate the CHECK that spares
+ATTACH its scan), so it runs while the client screen finishes checking the batch.
 
 SQL here is runtime DDL and loading, composed with ``psycopg.sql``: identifiers are always
 quoted, values always passed as literals or parameters.

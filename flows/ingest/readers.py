@@ -5,7 +5,8 @@ CSV lands at COPY speed; so do the change drops of a cdc read, written in COPY's
 format after a header line (the internal format ``pgcopy``). JSONL and Parquet are converted
 batch by batch: JSONL into COPY's text format (numbers keep their exact literal text),
 Parquet into CSV via Arrow. Memory is bounded by the block or batch size, never by the file
-size.
+size. The blocks COPY receives are exactly the bytes the client screen
+(:mod:`flows.ingest.screening`) checks, so both read the same values.
 """
 
 from __future__ import annotations

@@ -13,9 +13,12 @@ from flows.ingest.contracts import column_checks, column_fails, column_is_bad
 from flows.ingest.files import ContractViolation, ingest_file
 from flows.settings import Settings
 from flows.specs import Column, TableSpec
-
-EDGE_VALUES = [None, "NA", "", "0", "-0", " 7 ", "+7", "2400", "2401", "-1", "1e3", "12.0"]
-NUMBER_EDGES = EDGE_VALUES + ["NaN", "Infinity", "-Infinity", "2400.0000001", "1.5e2"]
+from tests.ingest.gate_cases import (
+    EDGE_MARKERS,
+    EDGE_RULES,
+    UNPARSEABLE_AND_OUT_OF_RANGE,
+    edge_values,
+)
 
 
 def _flagged(conn: psycopg.Connection, values: list[str | None], flag: sql.Composable) -> set:
@@ -27,21 +30,11 @@ def _flagged(conn: psycopg.Connection, values: list[str | None], flag: sql.Compo
     return {value for (value,) in conn.execute(query)}
 
 
-@pytest.mark.parametrize(
-    "rules",
-    [
-        Column(type="integer", min=0, max=2400),
-        Column(type="integer", not_null=True, min=0),
-        Column(type="number", min=0, max=2400),
-        Column(type="number", not_null=True),
-        Column(type="text", not_null=True, accepted=["0", "7"]),
-    ],
-    ids=["int-range", "int-not-null-min", "number-range", "number-not-null", "text-accepted"],
-)
+@pytest.mark.parametrize("rules", list(EDGE_RULES.values()), ids=list(EDGE_RULES))
 def test_the_quick_pass_flags_the_same_rows_as_the_careful_pass(
     rules: Column, database_url: str
 ) -> None:
-    values = NUMBER_EDGES if rules.type == "number" else EDGE_VALUES
+    values = edge_values(rules)
     with psycopg.connect(database_url) as conn:
         parseable = [
             v
@@ -53,13 +46,13 @@ def test_the_quick_pass_flags_the_same_rows_as_the_careful_pass(
                 (v, "bigint" if rules.type == "integer" else "double precision"),
             ).fetchone()[0]
         ]
-        careful = _flagged(conn, values, column_is_bad("value", rules, ["NA"]))
-        quick = _flagged(conn, parseable, column_fails("value", rules, ["NA"]))
+        careful = _flagged(conn, values, column_is_bad("value", rules, EDGE_MARKERS))
+        quick = _flagged(conn, parseable, column_fails("value", rules, EDGE_MARKERS))
         unparseable = set(values) - set(parseable)
         assert careful == quick | unparseable
         if unparseable:
             with pytest.raises(psycopg.errors.DataError):
-                _flagged(conn, values, column_fails("value", rules, ["NA"]))
+                _flagged(conn, values, column_fails("value", rules, EDGE_MARKERS))
 
 
 def test_integer_bounds_compare_exactly_past_the_precision_of_a_float(database_url: str) -> None:
@@ -79,11 +72,7 @@ def test_an_unparseable_value_and_a_broken_range_are_both_reported(
     settings: Settings, tmp_path: Path
 ) -> None:
     drop = tmp_path / "airports.csv"
-    drop.write_text(
-        "faa,name,lat,lon,alt,tz,dst,tzone\n"
-        "JFK,Kennedy,forty,-73.7,13,-5,A,America/New_York\n"
-        "LGA,La Guardia,40.7,-273.8,22,-5,A,America/New_York\n"
-    )
+    drop.write_text(UNPARSEABLE_AND_OUT_OF_RANGE)
     with pytest.raises(ContractViolation) as caught:
         ingest_file(settings, "flights", "airports", str(drop))
     report = json.loads(Path(caught.value.report_uri).read_text())

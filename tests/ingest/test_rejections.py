@@ -13,9 +13,14 @@ from flows.ingest.files import ContractViolation, FileRejected, ingest_file
 from flows.ingest.sources import SourceError
 from flows.settings import Settings
 from flows.specs import SpecError
-
-HEADER = "faa,name,lat,lon,alt,tz,dst,tzone"
-GOOD = "04G,Lansdowne Airport,41.1304722,-80.6195833,1044,-5,A,America/New_York"
+from tests.ingest.gate_cases import (
+    DUPLICATE_KEY,
+    FORMAT_ERRORS,
+    GOOD,
+    HEADER,
+    RULE_BREAKS,
+    rule_break_drop,
+)
 
 
 def _raw_airports(settings: Settings) -> list[tuple]:
@@ -38,33 +43,6 @@ def _drop(tmp_path: Path, content: bytes, name: str = "drop.csv") -> str:
     return str(path)
 
 
-FORMAT_ERRORS = {
-    "wrong column count": (
-        f"{HEADER}\nJFK,John F Kennedy,40.6,-73.7,13,-5,A,America/New_York\nLGA,La Guardia,40.7\n",
-        r"drop\.csv, line 3.*wrong column count",
-    ),
-    "missing header": (
-        f"{GOOD}\n",
-        r"drop\.csv, line 1: missing header",
-    ),
-    "undecodable bytes": (
-        f"{HEADER}\nJFK,John F Kennedy,40.6,-73.7,13,-5,A,America/New_York\n".encode()
-        + b"LGA,La Guardia \xff\xfe,40.7,-73.8,22,-5,A,America/New_York\n",
-        r"drop\.csv, line 3.*undecodable bytes",
-    ),
-    "empty file": ("", r"drop\.csv: empty file"),
-    "header only": (f"{HEADER}\n", r"rule min_rows failed"),
-    "unknown column": (
-        f'{HEADER},"x"";DROP TABLE raw.airports;--"\n{GOOD},1\n',
-        r"drop\.csv, line 1: header has unknown column\(s\) \['x\";DROP TABLE raw\.airports;--'\]",
-    ),
-    "missing column": (
-        "faa,name,lat,lon,alt,tz,dst\n04G,Lansdowne,41.1,-80.6,1044,-5,A\n",
-        r"header lacks column\(s\) \['tzone'\]",
-    ),
-}
-
-
 @pytest.mark.parametrize("case", FORMAT_ERRORS, ids=list(FORMAT_ERRORS))
 def test_a_malformed_file_is_rejected_with_file_and_line_and_raw_is_unchanged(
     case: str, settings: Settings, landed: list[tuple], tmp_path: Path
@@ -76,26 +54,12 @@ def test_a_malformed_file_is_rejected_with_file_and_line_and_raw_is_unchanged(
     assert _raw_airports(settings) == landed
 
 
-RULE_BREAKS = {
-    "type": ("JFK,Kennedy,forty,-73.7,13,-5,A,America/New_York", "type", "lat", "forty"),
-    "not_null": ("JFK,NA,40.6,-73.7,13,-5,A,America/New_York", "not_null", "name", "NA"),
-    "min": ("JFK,Kennedy,-91,-73.7,13,-5,A,America/New_York", "min", "lat", "-91"),
-    "max": ("JFK,Kennedy,40.6,-73.7,13,15,A,America/New_York", "max", "tz", "15"),
-    "accepted_values": (
-        "JFK,Kennedy,40.6,-73.7,13,-5,X,America/New_York",
-        "accepted_values",
-        "dst",
-        "X",
-    ),
-}
-
-
 @pytest.mark.parametrize("case", RULE_BREAKS, ids=list(RULE_BREAKS))
 def test_a_batch_breaking_a_contract_rule_is_rejected_with_a_report(
     case: str, settings: Settings, landed: list[tuple], tmp_path: Path
 ) -> None:
     bad_line, rule, column, value = RULE_BREAKS[case]
-    content = f"{HEADER}\nLGA,La Guardia,40.7,-73.8,22,-5,A,America/New_York\n{bad_line}\n"
+    content = rule_break_drop(bad_line)
     with pytest.raises(ContractViolation) as caught:
         ingest_file(settings, "flights", "airports", _drop(tmp_path, content.encode()))
     message = str(caught.value)
@@ -112,9 +76,8 @@ def test_a_batch_breaking_a_contract_rule_is_rejected_with_a_report(
 def test_a_duplicate_key_within_a_batch_breaks_the_unique_rule(
     settings: Settings, landed: list[tuple], tmp_path: Path
 ) -> None:
-    content = f"{HEADER}\n{GOOD}\n{GOOD}\n"
     with pytest.raises(ContractViolation, match="rule unique on column 'faa' failed for 2 row"):
-        ingest_file(settings, "flights", "airports", _drop(tmp_path, content.encode()))
+        ingest_file(settings, "flights", "airports", _drop(tmp_path, DUPLICATE_KEY.encode()))
     assert _raw_airports(settings) == landed
 
 
