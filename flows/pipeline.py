@@ -37,6 +37,7 @@ from flows.settings import Settings, load_settings
 from flows.specs import DatasetSpec
 from shards.definition import PublishSpec
 from shards.parts import Part
+from shards.progress import Throttled
 from shards.publisher import PartRunner, Plan, read_manifest
 
 TASK_TIMEOUT_S = {"ingest": 1800, "transform": 3600, "shard": 3600}
@@ -86,7 +87,12 @@ def land_file(
     """One file drop through the contract gate (retried on transient faults only)."""
     try:
         result = ingest_file(
-            settings, dataset, table, uri, run_id=run_id, progress=progress or get_run_logger().info
+            settings,
+            dataset,
+            table,
+            uri,
+            run_id=run_id,
+            progress=progress or Throttled(get_run_logger().info),
         )
     except ContractViolation as violation:
         create_table_artifact(
@@ -112,7 +118,7 @@ def read_database(
 ) -> SourceRead:
     """One read of a database source (retried on transient faults only), with its lag."""
     read = read_source(
-        settings, spec, table, run_id=run_id, progress=progress or get_run_logger().info
+        settings, spec, table, run_id=run_id, progress=progress or Throttled(get_run_logger().info)
     )
     create_table_artifact(
         key=f"lag-{spec.name}-{table}".replace("_", "-"),
@@ -149,7 +155,7 @@ def transform_task(
         restate,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
-        progress=get_run_logger().info,
+        progress=Throttled(get_run_logger().info),
     )
 
 
@@ -205,7 +211,7 @@ def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
         dataset,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
-        progress=PublishProgress(dataset, get_run_logger().info),
+        progress=PublishProgress(dataset, Throttled(get_run_logger().info)),
         run_parts=_part_deployments(dataset) if settings.work_pool else None,
     )
 

@@ -4,8 +4,8 @@ The stages report through a plain callable taking a message (:data:`shards.progr
 :class:`TerminalProgress` is that callable for the ``shardyard`` command: when stderr is a
 terminal, each :class:`shards.progress.Step` (landing a file's bytes, evaluating SQLMesh
 intervals, writing samples) moves a rich progress bar of its task and other messages print
-above the bars; otherwise (a pipe, a log file, CI) every message is one plain line on stderr,
-as in a Prefect flow's log.
+above the bars; otherwise (a pipe, a log file, CI) messages are plain lines on stderr, a
+task's steps one every few seconds, as in a Prefect flow's log.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from shards.progress import Step
+from shards.progress import Step, Throttled
 
 
 class _Amount(ProgressColumn):
@@ -52,12 +52,13 @@ class TerminalProgress:
         self.console = console or Console(stderr=True)
         self.bars: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
+        self.lines = Throttled(self._line)
 
     def __call__(self, message: str) -> None:
         if isinstance(message, Step) and self.console.is_terminal:
             self._advance(message)
         else:
-            self._line(message)
+            self.lines(message)
 
     def _line(self, message: str) -> None:
         console = self.bars.console if self.bars is not None else self.console

@@ -39,13 +39,15 @@ def test_on_a_terminal_a_task_becomes_one_bar_with_its_total():
     assert "100 bytes" not in text  # the steps between the first and the last only move the bar
 
 
-def test_elsewhere_every_message_is_one_plain_line():
+def test_elsewhere_messages_are_plain_lines_and_a_task_says_how_it_starts_and_ends():
     screen, out = console(terminal=False)
     with TerminalProgress(screen) as progress:
         for step in steps():
             progress(step)
+        progress("a plain message")
     assert progress.bars is None
-    assert out.getvalue().splitlines() == [f"  {step}" for step in steps()]
+    first, last = steps()[0], steps()[-1]
+    assert out.getvalue().splitlines() == [f"  {first}", f"  {last}", "  a plain message"]
 
 
 def test_a_publication_reports_the_samples_it_writes_out_of_its_total(tmp_path):
@@ -58,3 +60,34 @@ def test_a_publication_reports_the_samples_it_writes_out_of_its_total(tmp_path):
     assert counted[0].done == 0 and counted[0].unit == "samples"
     assert counted[-1].done == counted[-1].total == sum(result.counts.values())
     assert [m.done for m in counted] == sorted(m.done for m in counted)
+
+
+def test_landing_a_file_reports_bytes_streamed_out_of_its_size(tmp_path, monkeypatch):
+    from flows.ingest import files
+    from flows.ingest.sources import SourceFile
+
+    monkeypatch.setattr(files, "PROGRESS_EVERY_S", 0.0)
+    said: list[str] = []
+    source = SourceFile("file:///drops/x.csv", tmp_path / "x.csv", "0" * 64, size=1000)
+    streaming = files.StreamProgress(said.append, source)
+    for sent in (400, 800, 1000):
+        streaming(sent)
+    streaming.done(rows=10)
+    assert [(s.done, s.total, s.unit) for s in said] == [
+        (400, 1000, "bytes"),
+        (800, 1000, "bytes"),
+        (1000, 1000, "bytes"),
+        (1000, 1000, "bytes"),
+    ]
+    assert said[-1].endswith("10 rows in; the contract gate checks them")
+
+
+def test_a_log_gets_a_tasks_first_and_last_step_and_one_every_few_seconds():
+    from shards.progress import Throttled
+
+    logged: list[str] = []
+    log = Throttled(logged.append, every_s=3600)
+    for step in steps():
+        log(step)
+    log("a plain message")
+    assert logged == [steps()[0], steps()[-1], "a plain message"]

@@ -33,6 +33,7 @@ from flows.ingest.screening import ClientScreen
 from flows.ingest.sources import SourceError, SourceFile, fetch_source, source_files
 from flows.settings import Settings
 from flows.specs import DatasetSpec, TableSpec, load_spec
+from shards.progress import Step
 from shards.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,17 @@ def _stamp(spec: DatasetSpec, batch_id: str, source: SourceFile) -> landing.Batc
 
 Progress = Callable[[str], None]
 
-PROGRESS_EVERY_S = 5.0
+PROGRESS_EVERY_S = 0.5
 
 
 class StreamProgress:
-    """Says how far a long COPY has got, every ``PROGRESS_EVERY_S`` seconds; a load that
-    finishes sooner says nothing."""
+    """Says how far a long COPY has got: every ``PROGRESS_EVERY_S`` seconds a
+    :class:`~shards.progress.Step` of the bytes streamed out of the file's size (a terminal
+    draws a bar, a log gets a line every few seconds); a load that finishes sooner says
+    nothing. The size is the file's, so a compressed or converted file may pass it."""
 
-    def __init__(self, say: Progress, name: str):
-        self.say, self.name = say, name
+    def __init__(self, say: Progress, source: SourceFile):
+        self.say, self.name, self.size = say, source.name, source.size
         self.started = self.last = time.monotonic()
         self.spoke = False
 
@@ -136,8 +139,16 @@ class StreamProgress:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             rate = sent / 1e6 / max(now - self.started, 1e-9)
-            self.say(f"{self.name}: {sent / 1e6:,.0f} MB streamed ({rate:,.0f} MB/s)")
+            text = f"{self.name}: {sent / 1e6:,.0f} MB streamed ({rate:,.0f} MB/s)"
+            total = max(self.size, sent)
+            self.say(Step(text, task=f"land {self.name}", done=sent, total=total, unit="bytes"))
             self.last, self.spoke = now, True
+
+    def done(self, rows: int) -> None:
+        if self.spoke:
+            text = f"{self.name}: {rows:,} rows in; the contract gate checks them"
+            total = max(self.size, 1)
+            self.say(Step(text, task=f"land {self.name}", done=total, total=total, unit="bytes"))
 
 
 @contextmanager
@@ -215,7 +226,7 @@ def load_and_gate(
     part = landing.create_partition(conn, table, batch_id)
     screen = ClientScreen(table_spec, stream) if client_screen else None
     try:
-        streaming = StreamProgress(progress or (lambda _: None), source.name)
+        streaming = StreamProgress(progress or (lambda _: None), source)
         with _timed(phases, "copy"):
             copying = screen.tee(stream) if screen else stream
             copied = landing.copy_batch(conn, part, copying, source.uri, streaming)
@@ -223,8 +234,7 @@ def load_and_gate(
         rows = copied - dropped
         if rows == 0 and seen_batches:
             return None
-        if streaming.spoke:
-            streaming.say(f"{source.name}: {rows:,} rows in; the contract gate checks them")
+        streaming.done(rows)
         if after_copy is not None:
             after_copy(part)
         with _timed(phases, "gate"):
