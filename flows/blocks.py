@@ -7,7 +7,7 @@ Three blocks per environment, named after a prefix (``shardyard-<env>`` by defau
   identity);
 - ``s3-bucket/<prefix>-lake``: the bucket and prefix of ``SHARDYARD_STORAGE_URL``, for flows,
   notebooks and trainers that want the storage through Prefect
-  (``S3Bucket.load("shardyard-prod-lake").read_path("datasets/flights/LATEST")``);
+  (``S3Bucket.load("shardyard-prod-lake").read_path("datasets/<name>/LATEST")``);
 - ``s3-bucket/<prefix>-results``: ``<storage>/prefect-results``, the flow runs' result storage
   (``PREFECT_DEFAULT_RESULT_STORAGE_BLOCK=s3-bucket/<prefix>-results``), so task results
   outlive the pod that computed them.

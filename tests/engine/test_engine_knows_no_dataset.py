@@ -45,6 +45,7 @@ ENGINE_WORDS = {
     "properties",
     "example_id",
     "anchor_ts",
+    "events",  # Prefect's events (automations) and Kubernetes' events resource
 }
 
 
