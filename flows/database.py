@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 from psycopg import sql
 
-from flows.settings import Settings
+from flows.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,51 @@ LOGICAL_WAL = {
 }
 
 
+# Session settings of the connection that builds the medallion (SQLMesh's): one large
+# INSERT ... SELECT at a time, on a machine of a few cores.
+# - work_mem: the sorts of the window queries and audits (~100 MB for the bundled year) stay
+#   in memory instead of spilling to temporary files (the default is 4MB per sort).
+# - synchronous_commit off: a commit returns before its WAL is flushed. A crash can lose the
+#   last commits but never leaves the database inconsistent, and SQLMesh's state lives in the
+#   same database and WAL, so it can never record an interval whose rows were lost: the next
+#   run computes it again.
+BUILD_SESSION: dict[str, str] = {
+    "work_mem": "256MB",
+    "synchronous_commit": "off",
+}
+
+
+def session_options(settings: dict[str, str]) -> str:
+    """libpq ``options`` that set ``settings`` in every session of a connection, e.g.
+    ``-c work_mem=256MB -c synchronous_commit=off``."""
+    return " ".join(
+        f"-c {name}={_escape_option(value)}" for name, value in sorted(settings.items())
+    )
+
+
+def _escape_option(value: str) -> str:
+    # libpq splits options at unescaped whitespace; a backslash escapes the next character.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _pgserver() -> ModuleType:
+    """The embedded PostgreSQL's wheel, or a one-line error saying how to get it."""
+    try:
+        import pgserver
+    except ModuleNotFoundError:
+        raise SettingsError(
+            "SHARDYARD_DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
+            "set the URL, or pip install 'shardyard[demo]'"
+        ) from None
+    return pgserver
+
+
 def embedded_database_url(home: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under ``home/pgdata`` and return its URL.
 
     The server is left running (``cleanup_mode=None``) so later commands reuse it.
     """
-    import pgserver
-
+    pgserver = _pgserver()
     pgdata = (home / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
@@ -37,7 +76,7 @@ def embedded_database_url(home: Path) -> str:
 def embedded_logical_server_url(pgdata: Path, *, cleanup_mode: str | None = None) -> str:
     """Start (or reuse) an embedded PostgreSQL under ``pgdata`` with logical WAL (a CDC
     source) and return its URL. A server running without it is set up and restarted once."""
-    import pgserver
+    pgserver = _pgserver()
     from pgserver._commands import pg_ctl
 
     pgdata = pgdata.resolve()

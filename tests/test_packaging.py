@@ -89,3 +89,22 @@ def test_the_license_file_is_the_license_pyproject_declares() -> None:
     assert PROJECT["license"]["text"] == "Apache-2.0"
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_without_the_demo_extra_the_embedded_database_is_a_one_line_setting_error() -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+sys.modules["pgserver"] = None  # as if the [demo] extra were not installed
+from pathlib import Path
+from flows.database import embedded_database_url
+from flows.settings import SettingsError
+try:
+    embedded_database_url(Path("/nonexistent"))
+except SettingsError as error:
+    print(error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "pip install 'shardyard[demo]'" in result.stdout

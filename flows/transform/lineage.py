@@ -53,7 +53,7 @@ def gold_lineage(settings: Settings, spec: DatasetSpec) -> dict[str, Any]:
     environment = environment_name(settings)
     schema, table = gold_relation(settings, spec)
     gold_model = spec.gold_model
-    context = sqlmesh_context(settings)
+    context = sqlmesh_context(settings, load=False)  # only SQLMesh's state is read
     try:
         env = context.state_reader.get_environment(environment)
         if env is None:

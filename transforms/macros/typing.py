@@ -11,6 +11,14 @@ stops the pipeline instead of becoming NULL.
 The types and null markers come from the dataset spec (``flows/datasets/<name>.yaml``): the
 engine passes each raw table's contract to SQLMesh as the variable ``raw_<table>_contract``,
 with the SQL type the contract gate checks each column against.
+
+Two forms give the same columns. ``@typed_columns`` types a raw table in one step: simple, but
+PostgreSQL parses each present value three times (the check of the typed column, the cast, the
+check of ``_cast_failures``). The bundled bronze models use two steps that parse each value
+once for the check and once for the cast: ``@checked_columns`` (the raw values and, per typed
+column, whether the present value is valid) in a subquery that PostgreSQL must not inline
+(``OFFSET 0``: inlined, every reference to a flag would parse the value again), then
+``@typed_checked_columns`` over it.
 """
 
 from __future__ import annotations
@@ -41,10 +49,95 @@ def _valid(column: exp.Column, type_name: str) -> exp.Expression:
 def _contract(evaluator: MacroEvaluator, contract: exp.Expression) -> dict[str, Any]:
     value = evaluator.eval_expression(contract)
     if not isinstance(value, dict) or not isinstance(value.get("columns"), dict):
-        raise ValueError(
-            f"typed_columns expects a raw table's contract variable, got {contract.sql()}"
-        )
+        raise ValueError(f"expected a raw table's contract variable, got {contract.sql()}")
     return value
+
+
+def _is_text(type_name: str) -> bool:
+    return exp.DataType.build(type_name, dialect="postgres").this == exp.DataType.Type.TEXT
+
+
+def _failure_list(failures: list[exp.Expression]) -> exp.Expression:
+    """``_cast_failures``: the pieces (each ``'<column>,'`` or ``''``) joined, last comma cut."""
+    # Plain concatenation of never-NULL pieces: sqlglot rewrites CONCAT_WS with NULL semantics
+    # that PostgreSQL's does not have.
+    failure_list: exp.Expression = exp.Literal.string("")
+    for failure in failures:
+        failure_list = exp.DPipe(this=failure_list, expression=failure, safe=True)
+    failure_list = exp.Anonymous(this="rtrim", expressions=[failure_list, exp.Literal.string(",")])
+    return exp.alias_(failure_list, "_cast_failures")
+
+
+def _failure_piece(name: str, invalid: exp.Expression) -> exp.Expression:
+    return exp.Case(
+        ifs=[exp.If(this=invalid, true=exp.Literal.string(f"{name},"))],
+        default=exp.Literal.string(""),
+    )
+
+
+def _valid_flag(name: str) -> str:
+    """The column of ``@checked_columns`` that says whether ``name``'s present value is valid."""
+    return f"{name}__valid"
+
+
+@macro()
+def checked_columns(evaluator: MacroEvaluator, contract: exp.Expression) -> list[exp.Expression]:
+    """Step one of typing a raw table: every raw column as received and, for each column of a
+    type other than text, ``<column>__valid``: NULL when the value is missing, else whether
+    it is a valid literal of the type (``pg_input_is_valid``, the one parse of the check).
+
+    Usage, in a subquery PostgreSQL must not inline (``OFFSET 0``), then
+    ``@typed_checked_columns`` over it::
+
+        WITH checked AS (
+          SELECT @checked_columns(@raw_flights_contract), @provenance_columns()
+          FROM raw.flights WHERE @kept_rows(@raw_flights_contract)
+          OFFSET 0
+        )
+    """
+    declared = _contract(evaluator, contract)
+    null_markers = list(declared.get("null_markers") or [])
+    projections: list[exp.Expression] = []
+    for name, type_name in declared["columns"].items():
+        column = exp.column(name)
+        projections.append(exp.alias_(column.copy(), name))
+        if not _is_text(type_name):
+            check = exp.Case(
+                ifs=[exp.If(this=_present(column, null_markers), true=_valid(column, type_name))]
+            )
+            projections.append(exp.alias_(check, _valid_flag(name)))
+    return projections
+
+
+@macro()
+def typed_checked_columns(
+    evaluator: MacroEvaluator, contract: exp.Expression
+) -> list[exp.Expression]:
+    """Step two: the columns ``@typed_columns`` gives (same values, same ``_cast_failures``),
+    from the output of ``@checked_columns``: a text column is NULL when missing; a typed
+    column is the cast of a valid value, NULL otherwise; ``_cast_failures`` names the columns
+    whose flag is false. Usage: ``SELECT @typed_checked_columns(@raw_flights_contract),
+    @provenance_columns() FROM checked``."""
+    declared = _contract(evaluator, contract)
+    null_markers = list(declared.get("null_markers") or [])
+    projections: list[exp.Expression] = []
+    failures: list[exp.Expression] = []
+    for name, type_name in declared["columns"].items():
+        column = exp.column(name)
+        if _is_text(type_name):
+            typed: exp.Expression = exp.Case(
+                ifs=[exp.If(this=_present(column, null_markers), true=column.copy())]
+            )
+        else:
+            valid = exp.column(_valid_flag(name))
+            data_type = exp.DataType.build(type_name, dialect="postgres")
+            typed = exp.Case(
+                ifs=[exp.If(this=valid, true=exp.Cast(this=column.copy(), to=data_type))]
+            )
+            failures.append(_failure_piece(name, exp.Not(this=valid.copy())))
+        projections.append(exp.alias_(typed, name))
+    projections.append(_failure_list(failures))
+    return projections
 
 
 @macro()
@@ -63,10 +156,10 @@ def typed_columns(evaluator: MacroEvaluator, contract: exp.Expression) -> list[e
     for name, type_name in declared["columns"].items():
         column = exp.column(name)
         present = _present(column, null_markers)
-        data_type = exp.DataType.build(type_name, dialect="postgres")
-        if data_type.this == exp.DataType.Type.TEXT:
+        if _is_text(type_name):
             typed: exp.Expression = exp.Case(ifs=[exp.If(this=present, true=column.copy())])
         else:
+            data_type = exp.DataType.build(type_name, dialect="postgres")
             typed = exp.Case(
                 ifs=[
                     exp.If(
@@ -76,20 +169,9 @@ def typed_columns(evaluator: MacroEvaluator, contract: exp.Expression) -> list[e
                 ]
             )
             invalid = exp.and_(present.copy(), exp.Not(this=_valid(column, type_name)))
-            failures.append(
-                exp.Case(
-                    ifs=[exp.If(this=invalid, true=exp.Literal.string(f"{name},"))],
-                    default=exp.Literal.string(""),
-                )
-            )
+            failures.append(_failure_piece(name, invalid))
         projections.append(exp.alias_(typed, name))
-    # Plain concatenation of never-NULL pieces: sqlglot rewrites CONCAT_WS with NULL semantics
-    # that PostgreSQL's does not have.
-    failure_list: exp.Expression = exp.Literal.string("")
-    for failure in failures:
-        failure_list = exp.DPipe(this=failure_list, expression=failure, safe=True)
-    failure_list = exp.Anonymous(this="rtrim", expressions=[failure_list, exp.Literal.string(",")])
-    projections.append(exp.alias_(failure_list, "_cast_failures"))
+    projections.append(_failure_list(failures))
     return projections
 
 
@@ -172,13 +254,19 @@ def provenance_columns(evaluator: MacroEvaluator) -> list[exp.Expression]:
 def kept_rows(evaluator: MacroEvaluator, contract: exp.Expression) -> exp.Expression:
     """True for the raw rows bronze keeps: rows of a batch the ingest log lists as loaded, and
     not of an entity a deletion request names (a value of one of the contract's forget keys):
-    ``WHERE @kept_rows(@raw_events_contract)``."""
+    ``WHERE @kept_rows(@raw_events_contract)``.
+
+    A named value is tested with ``key IS NULL OR key NOT IN (named values)``, which keeps the
+    same rows as ``NOT EXISTS (... key_value = key)`` (the named values exclude NULL, and a NULL
+    key names nothing) but lets PostgreSQL probe a hash of the requests once per row, whatever
+    it estimates: a correlated ``NOT EXISTS`` over a raw table without statistics is planned as
+    a nested loop that scans the requests for every row."""
     declared = _contract(evaluator, contract)
     loaded = exp.select("b.batch_id").from_("meta.ingest_batches AS b").where("b.status = 'loaded'")
     kept: exp.Expression = exp.column("_batch_id").isin(query=loaded)
     for key in declared.get("forget_keys") or []:
         named = (
-            exp.select("1")
+            exp.select("d.key_value")
             .from_("meta.deletion_requests AS d")
             .where(
                 exp.and_(
@@ -187,9 +275,13 @@ def kept_rows(evaluator: MacroEvaluator, contract: exp.Expression) -> exp.Expres
                         expression=exp.Literal.string(declared["dataset"]),
                     ),
                     exp.EQ(this=exp.column("key_column", "d"), expression=exp.Literal.string(key)),
-                    exp.EQ(this=exp.column("key_value", "d"), expression=exp.column(key)),
+                    exp.Not(this=exp.Is(this=exp.column("key_value", "d"), expression=exp.Null())),
                 )
             )
         )
-        kept = exp.and_(kept, exp.Not(this=exp.Exists(this=named)))
+        not_named = exp.or_(
+            exp.Is(this=exp.column(key), expression=exp.Null()),
+            exp.Not(this=exp.column(key).isin(query=named)),
+        )
+        kept = exp.and_(kept, exp.Paren(this=not_named))
     return kept

@@ -23,17 +23,23 @@ MODEL (
   )
 );
 
-WITH landed AS (
+/* OFFSET 0 keeps PostgreSQL from inlining a step into the next: inlined, each reference to a
+   column computed in a step (a validity flag, a typed value, flight_date, sched_dep_ts)
+   would compute it again, and bronze would parse every value several times. */
+WITH checked AS (
   SELECT
-    *
+    @checked_columns(@raw_flights_contract),
+    @provenance_columns()
   FROM raw.flights
   WHERE
     @kept_rows(@raw_flights_contract)
+  OFFSET 0
 ), typed AS (
   SELECT
-    @typed_columns(@raw_flights_contract),
+    @typed_checked_columns(@raw_flights_contract),
     @provenance_columns()
-  FROM landed
+  FROM checked
+  OFFSET 0
 ), dated AS (
   SELECT
     typed.*,
@@ -42,6 +48,13 @@ WITH landed AS (
       THEN MAKE_DATE(year::INT, month::INT, day::INT)
     END::DATE AS flight_date
   FROM typed
+  OFFSET 0
+), timed AS (
+  SELECT
+    dated.*,
+    @local_hhmm_to_utc(flight_date, sched_dep_time, @flights_time_zone)::TIMESTAMPTZ AS sched_dep_ts
+  FROM dated
+  OFFSET 0
 )
 SELECT
   year,
@@ -64,12 +77,12 @@ SELECT
   minute,
   time_hour,
   flight_date,
-  @local_hhmm_to_utc(flight_date, sched_dep_time, @flights_time_zone)::TIMESTAMPTZ AS sched_dep_ts,
+  sched_dep_ts,
   _cast_failures,
   @provenance_columns()
-FROM dated
+FROM timed
 WHERE
-  @local_hhmm_to_utc(flight_date, sched_dep_time, @flights_time_zone) BETWEEN @start_tstz AND @end_tstz;
+  sched_dep_ts BETWEEN @start_tstz AND @end_tstz;
 
 @create_index(@this_model, sched_dep_ts);
 @create_index(@this_model, _batch_id);

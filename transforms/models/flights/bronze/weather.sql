@@ -22,17 +22,21 @@ MODEL (
   )
 );
 
-WITH landed AS (
+/* OFFSET 0: see bronze.flights (each value is parsed once for its check, once for its cast). */
+WITH checked AS (
   SELECT
-    *
+    @checked_columns(@raw_weather_contract),
+    @provenance_columns()
   FROM raw.weather
   WHERE
     @kept_rows(@raw_weather_contract)
+  OFFSET 0
 ), typed AS (
   SELECT
-    @typed_columns(@raw_weather_contract),
+    @typed_checked_columns(@raw_weather_contract),
     @provenance_columns()
-  FROM landed
+  FROM checked
+  OFFSET 0
 )
 SELECT
   origin,

@@ -8,7 +8,7 @@ MODEL (
   grain example_id,
   audits (
     not_null(columns := (example_id, anchor_ts, sched_dep_ts, carrier, origin, dest, distance, sched_dep_hour, day_of_week, month, origin_sched_departures_1h, arr_delay_min, label_delayed)),
-    unique_values(columns := (example_id)),
+    unique_combination_of_columns(columns := (example_id)),
     example_ids_are_keys,
     anchored_two_hours_before_departure,
     weather_observed_by_anchor,
@@ -39,10 +39,24 @@ MODEL (
   )
 );
 
+/* Two sorted time lines build every windowed feature; each example rides along on them, so
+   nothing has to be joined back by its id:
+   1. per origin: departures, weather observations and the anchors. The 3h departure window
+      and the latest observation at or before the anchor come from one sort.
+   2. per carrier: arrivals and the anchors (now with the origin features), for the 24h window. */
 WITH examples AS (
   SELECT
-    f.*,
-    f.sched_dep_ts - INTERVAL '2 hours' AS anchor_ts
+    f.flight_id,
+    f.sched_dep_ts,
+    f.sched_dep_ts - INTERVAL '2 hours' AS anchor_ts,
+    f.carrier,
+    f.origin,
+    f.dest,
+    f.distance,
+    f.sched_dep_time,
+    f.flight_date,
+    f.arr_delay,
+    f.tailnum
   FROM silver.flights AS f
   WHERE
     f.sched_dep_ts BETWEEN @start_tstz AND @end_tstz
@@ -58,6 +72,25 @@ WITH examples AS (
   WHERE
     f.dep_ts >= @start_tstz::TIMESTAMPTZ - INTERVAL '5 hours'
     AND f.dep_ts <= @end_tstz::TIMESTAMPTZ
+), observations AS (
+  /* The observations an anchor of this range can see last: those from the earliest anchor on,
+     and each origin's last one before it. */
+  SELECT
+    w.origin,
+    w.obs_ts
+  FROM silver.weather AS w
+  WHERE
+    w.obs_ts >= @start_tstz::TIMESTAMPTZ - INTERVAL '2 hours'
+    AND w.obs_ts <= @end_tstz::TIMESTAMPTZ
+  UNION ALL
+  SELECT
+    w.origin,
+    MAX(w.obs_ts) AS obs_ts
+  FROM silver.weather AS w
+  WHERE
+    w.obs_ts < @start_tstz::TIMESTAMPTZ - INTERVAL '2 hours'
+  GROUP BY
+    w.origin
 ), arrivals AS (
   /* Flights that arrived in time to fall in a 24h window before an anchor of this range. */
   SELECT
@@ -69,34 +102,73 @@ WITH examples AS (
     f.arr_ts >= @start_tstz::TIMESTAMPTZ - INTERVAL '26 hours'
     AND f.arr_ts <= @end_tstz::TIMESTAMPTZ
 ), origin_timeline AS (
-  /* Departure events and anchors on one time line per origin. */
   SELECT
     origin,
     dep_ts AS ts,
     dep_delay::NUMERIC AS dep_delay,
-    NULL::TEXT AS example_id
+    NULL::TIMESTAMPTZ AS obs_ts,
+    NULL::TEXT AS example_id,
+    NULL::TIMESTAMPTZ AS sched_dep_ts,
+    NULL::TEXT AS carrier,
+    NULL::TEXT AS dest,
+    NULL::DOUBLE PRECISION AS distance,
+    NULL::INT AS sched_dep_time,
+    NULL::DATE AS flight_date,
+    NULL::DOUBLE PRECISION AS arr_delay,
+    NULL::TEXT AS tailnum
   FROM departures
+  UNION ALL
+  SELECT
+    origin,
+    obs_ts AS ts,
+    NULL::NUMERIC AS dep_delay,
+    obs_ts,
+    NULL::TEXT AS example_id,
+    NULL::TIMESTAMPTZ AS sched_dep_ts,
+    NULL::TEXT AS carrier,
+    NULL::TEXT AS dest,
+    NULL::DOUBLE PRECISION AS distance,
+    NULL::INT AS sched_dep_time,
+    NULL::DATE AS flight_date,
+    NULL::DOUBLE PRECISION AS arr_delay,
+    NULL::TEXT AS tailnum
+  FROM observations
   UNION ALL
   SELECT
     origin,
     anchor_ts AS ts,
     NULL::NUMERIC AS dep_delay,
-    flight_id AS example_id
+    NULL::TIMESTAMPTZ AS obs_ts,
+    flight_id AS example_id,
+    sched_dep_ts,
+    carrier,
+    dest,
+    distance,
+    sched_dep_time,
+    flight_date,
+    arr_delay,
+    tailnum
   FROM examples
 ), origin_windows AS (
-  /* The frame ends 1 microsecond before the anchor: an event exactly at the anchor is out. */
+  /* The departure window ends 1 microsecond before the anchor: a departure exactly at the
+     anchor is out. The observation frame ends with the anchor's peers: one made exactly at
+     the anchor is known. */
   SELECT
-    w.example_id,
-    w.origin_dep_delay_3h
+    w.*
   FROM (
     SELECT
-      example_id,
-      AVG(dep_delay) OVER (
-        PARTITION BY origin
-        ORDER BY ts
+      t.*,
+      AVG(t.dep_delay) OVER (
+        PARTITION BY t.origin
+        ORDER BY t.ts
         RANGE BETWEEN INTERVAL '3 hours' PRECEDING AND INTERVAL '1 microsecond' PRECEDING
-      ) AS origin_dep_delay_3h
-    FROM origin_timeline
+      ) AS origin_dep_delay_3h,
+      MAX(t.obs_ts) OVER (
+        PARTITION BY t.origin
+        ORDER BY t.ts
+        RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+      ) AS wx_obs_ts
+    FROM origin_timeline AS t
   ) AS w
   WHERE
     NOT w.example_id IS NULL
@@ -104,29 +176,48 @@ WITH examples AS (
   SELECT
     carrier,
     arr_ts AS ts,
-    arr_delay::NUMERIC AS arr_delay,
-    NULL::TEXT AS example_id
+    arr_delay::NUMERIC AS event_arr_delay,
+    NULL::TEXT AS example_id,
+    NULL::TIMESTAMPTZ AS sched_dep_ts,
+    NULL::TEXT AS origin,
+    NULL::TEXT AS dest,
+    NULL::DOUBLE PRECISION AS distance,
+    NULL::INT AS sched_dep_time,
+    NULL::DATE AS flight_date,
+    NULL::DOUBLE PRECISION AS arr_delay,
+    NULL::TEXT AS tailnum,
+    NULL::NUMERIC AS origin_dep_delay_3h,
+    NULL::TIMESTAMPTZ AS wx_obs_ts
   FROM arrivals
   UNION ALL
   SELECT
     carrier,
-    anchor_ts AS ts,
-    NULL::NUMERIC AS arr_delay,
-    flight_id AS example_id
-  FROM examples
+    ts,
+    NULL::NUMERIC AS event_arr_delay,
+    example_id,
+    sched_dep_ts,
+    origin,
+    dest,
+    distance,
+    sched_dep_time,
+    flight_date,
+    arr_delay,
+    tailnum,
+    origin_dep_delay_3h,
+    wx_obs_ts
+  FROM origin_windows
 ), carrier_windows AS (
   SELECT
-    w.example_id,
-    w.carrier_arr_delay_24h
+    w.*
   FROM (
     SELECT
-      example_id,
-      AVG(arr_delay) OVER (
-        PARTITION BY carrier
-        ORDER BY ts
+      t.*,
+      AVG(t.event_arr_delay) OVER (
+        PARTITION BY t.carrier
+        ORDER BY t.ts
         RANGE BETWEEN INTERVAL '24 hours' PRECEDING AND INTERVAL '1 microsecond' PRECEDING
       ) AS carrier_arr_delay_24h
-    FROM carrier_timeline
+    FROM carrier_timeline AS t
   ) AS w
   WHERE
     NOT w.example_id IS NULL
@@ -144,8 +235,8 @@ WITH examples AS (
     DATE_TRUNC('hour', f.sched_dep_ts)
 )
 SELECT
-  e.flight_id::TEXT AS example_id,
-  e.anchor_ts::TIMESTAMPTZ AS anchor_ts,
+  e.example_id::TEXT AS example_id,
+  e.ts::TIMESTAMPTZ AS anchor_ts,
   e.sched_dep_ts::TIMESTAMPTZ AS sched_dep_ts,
   e.carrier::TEXT AS carrier,
   e.origin::TEXT AS origin,
@@ -164,40 +255,22 @@ SELECT
   wx.visib::DOUBLE PRECISION AS wx_visib,
   wx.pressure::DOUBLE PRECISION AS wx_pressure,
   wx.obs_ts::TIMESTAMPTZ AS wx_obs_ts,
-  ow.origin_dep_delay_3h::DOUBLE PRECISION AS origin_dep_delay_3h,
-  cw.carrier_arr_delay_24h::DOUBLE PRECISION AS carrier_arr_delay_24h,
+  e.origin_dep_delay_3h::DOUBLE PRECISION AS origin_dep_delay_3h,
+  e.carrier_arr_delay_24h::DOUBLE PRECISION AS carrier_arr_delay_24h,
   sh.departures::INT AS origin_sched_departures_1h,
   e.arr_delay::DOUBLE PRECISION AS arr_delay_min,
   (e.arr_delay >= 15)::BOOLEAN AS label_delayed,
   e.tailnum::TEXT AS tailnum
-FROM examples AS e
-JOIN origin_windows AS ow
-  ON ow.example_id = e.flight_id
-JOIN carrier_windows AS cw
-  ON cw.example_id = e.flight_id
+FROM carrier_windows AS e
 JOIN scheduled_hours AS sh
   ON sh.origin = e.origin AND sh.sched_hour = DATE_TRUNC('hour', e.sched_dep_ts)
 LEFT JOIN silver.planes AS p
   ON p.tailnum = e.tailnum
 LEFT JOIN silver.airports AS a
   ON a.faa = e.dest
-LEFT JOIN LATERAL (
-  /* As-of join: the latest observation at the origin at or before the anchor. */
-  SELECT
-    w.obs_ts,
-    w.temp,
-    w.wind_speed,
-    w.precip,
-    w.visib,
-    w.pressure
-  FROM silver.weather AS w
-  WHERE
-    w.origin = e.origin AND w.obs_ts <= e.anchor_ts
-  ORDER BY
-    w.obs_ts DESC
-  LIMIT 1
-) AS wx
-  ON TRUE;
+LEFT JOIN silver.weather AS wx
+  /* (origin, obs_ts) is unique in silver.weather (its audit) */
+  ON wx.origin = e.origin AND wx.obs_ts = e.wx_obs_ts;
 
 @create_index(@this_model, sched_dep_ts);
 @analyze_table(@this_model);

@@ -8,7 +8,7 @@ MODEL (
   grain flight_id,
   audits (
     not_null(columns := (flight_id, flight_date, carrier, flight, origin, dest, sched_dep_time, sched_dep_ts, cancelled)),
-    unique_values(columns := (flight_id)),
+    unique_combination_of_columns(columns := (flight_id)),
     unique_combination_of_columns(columns := (flight_date, carrier, flight, origin, sched_dep_time)),
     flights_keep_one_version_per_key,
     arrivals_placed_in_time,
@@ -44,6 +44,8 @@ WITH versions AS (
     ON a.faa = v.dest
   WHERE
     v.version_rank = 1
+  /* Not inlined: arr_ts reads sched_arr_ts, which would otherwise be computed twice. */
+  OFFSET 0
 )
 SELECT
   (
