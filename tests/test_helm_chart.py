@@ -542,3 +542,12 @@ def test_prod_restricts_egress_to_dns_the_release_and_named_services() -> None:
     assert not [
         obj for obj in objects_of("dev", "NetworkPolicy") if "Egress" in obj["spec"]["policyTypes"]
     ]
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_the_workers_image_runs_the_prefect_release_the_lock_pins(environment: str) -> None:
+    lock = (REPO / "requirements.lock").read_text()
+    (prefect,) = re.findall(r"^prefect==(\S+)$", lock, flags=re.MULTILINE)
+    image = worker_container(environment)["image"]
+    assert image.startswith("prefecthq/prefect:")
+    assert image.split(":", 1)[1].startswith(f"{prefect}-python3.11")
