@@ -14,6 +14,7 @@ from sqlmesh.utils.errors import AuditError, NodeAuditsErrors
 
 from flows.ingest.files import Progress
 from flows.transform.results import AuditFailed, EvaluatedInterval, TransformFailed
+from shards.progress import Step
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,13 @@ class RecordingConsole(NoopConsole):
         self.evaluations: list[EvaluatedInterval] = []
         self.failures: list[NodeExecutionFailedError] = []
         self._progress = progress
+        self._intervals = self._evaluated = 0  # in the current evaluation, for progress steps
+
+    def start_evaluation_progress(  # type: ignore[override]
+        self, batched_intervals: dict[Snapshot, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        self._intervals = sum(len(intervals) for intervals in batched_intervals.values())
+        self._evaluated = 0
 
     def _say(self, message: str) -> None:
         log.info(message)
@@ -48,10 +56,15 @@ class RecordingConsole(NoopConsole):
         start, end = (datetime.fromtimestamp(ms / 1000, UTC) for ms in interval)
         model = display_name(snapshot.name)
         self.evaluations.append(EvaluatedInterval(model, start, end, num_audits_passed))
-        self._say(
+        text = (
             f"{model}: evaluated [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) "
             f"in {duration_ms / 1000:.1f}s, {num_audits_passed} audit(s) passed"
         )
+        if self._intervals:
+            self._evaluated = min(self._evaluated + 1, self._intervals)
+            done, total = self._evaluated, self._intervals
+            text = Step(text, task="transform", done=done, total=total, unit="intervals")
+        self._say(text)
 
     def log_failed_models(self, errors: list[NodeExecutionFailedError]) -> None:  # type: ignore[override]
         self.failures.extend(errors)

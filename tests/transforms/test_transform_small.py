@@ -208,6 +208,13 @@ def test_the_transform_stage_reports_every_evaluated_interval_as_progress(
     assert len(evaluated) == summary["intervals_evaluated"] > 0
     assert any(m.startswith(f"{GOLD}: evaluated [2013-01-03") for m in evaluated)
     assert sorted(summary["row_counts"]) == sorted(FLIGHTS_MODELS)  # the dataset's own models
+    # ... each a step of the intervals SQLMesh planned (per evaluation: the plan's, the run's),
+    # for a progress bar with its total
+    assert {m.unit for m in evaluated} == {"intervals"} and evaluated[0].done == 1
+    for before, after in zip(evaluated, evaluated[1:], strict=False):
+        new_evaluation = after.done == 1 and before.done == before.total
+        assert after.done == before.done + 1 or new_evaluation
+    assert evaluated[-1].done == evaluated[-1].total
 
 
 def test_lineage_names_gold_and_upstream_fingerprints_and_input_batches_deterministically(
