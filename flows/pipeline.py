@@ -92,7 +92,12 @@ def land_file(
             table,
             uri,
             run_id=run_id,
-            progress=progress or Throttled(get_run_logger().info),
+            progress=progress
+            or ProgressArtifact(
+                artifacts.artifact_key("ingest", dataset, table, "progress"),
+                f"Landing {uri} into raw.{table}",
+                Throttled(get_run_logger().info),
+            ),
         )
     except ContractViolation as violation:
         create_table_artifact(
@@ -179,15 +184,14 @@ def transform(
     return summary
 
 
-class PublishProgress:
-    """Logs a publication's messages and shows how far it is in a progress artifact, created
-    once parts are to be written (a publication that finds its version published has none)."""
+class ProgressArtifact:
+    """Logs the messages of long work and shows how far it is in a Prefect progress artifact,
+    created at its first step that is not the last (work that ends in one step has none)."""
 
-    def __init__(self, dataset: str, log: Progress):
-        self.key = artifacts.artifact_key("publish", dataset, "progress")
-        self.dataset = dataset
-        self.log = log
+    def __init__(self, key: str, description: str, log: Progress):
+        self.key, self.description, self.log = key, description, log
         self.artifact: UUID | None = None
+        self.percent: float | None = None
 
     def __call__(self, message: str) -> None:
         self.log(message)
@@ -195,11 +199,14 @@ class PublishProgress:
         if fraction is None:
             return
         percent = round(100 * fraction, 1)
+        if percent == self.percent:
+            return
+        self.percent = percent
         if self.artifact is not None:
             update_progress_artifact(self.artifact, percent)
         elif percent < 100:
             self.artifact = create_progress_artifact(
-                percent, key=self.key, description=f"Publishing {self.dataset}"
+                percent, key=self.key, description=self.description
             )
 
 
@@ -211,7 +218,11 @@ def shard_task(dataset: str, run_id: str) -> dict[str, Any]:
         dataset,
         run_id=run_id,
         parent_run_id=_parent_run_id(),
-        progress=PublishProgress(dataset, Throttled(get_run_logger().info)),
+        progress=ProgressArtifact(
+            artifacts.artifact_key("publish", dataset, "progress"),
+            f"Publishing {dataset}",
+            Throttled(get_run_logger().info),
+        ),
         run_parts=_part_deployments(dataset) if settings.work_pool else None,
     )
 
