@@ -23,7 +23,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -36,6 +35,7 @@ from sqlmesh import Context
 from sqlmesh.core.macros import RuntimeStage
 from sqlmesh.core.model import Model
 
+from benchmarks.bench_pipeline import CLEARED, SHARDYARD  # the same way to run a stage
 from flows.database import BUILD_SESSION, database_url, embedded_database_url
 from flows.run_records import stage_runs
 from flows.settings import Settings
@@ -43,15 +43,7 @@ from flows.specs import load_spec
 from flows.transform.config import dataset_models, sqlmesh_context
 from flows.transform.lineage import layer_row_counts
 
-SHARDYARD = Path(sys.executable).with_name("shardyard")
 BENCH_PREFIX = "bench_"
-# What the stages read from the environment; the benchmark sets its own home.
-CLEARED = (
-    "SHARDYARD_DATABASE_URL",
-    "SHARDYARD_STORAGE_URL",
-    "SHARDYARD_ENV",
-    "SHARDYARD_WORK_POOL",
-)
 
 
 @dataclass
