@@ -104,28 +104,3 @@ def test_the_transform_flow_publishes_a_table_per_model(
             "evaluated": True,
         },
     ]
-
-
-def test_a_long_landing_shows_its_bytes_in_a_progress_artifact(tmp_path, monkeypatch):
-    from prefect import flow
-
-    from flows.ingest import files
-    from flows.ingest.sources import SourceFile
-    from flows.pipeline import ProgressArtifact
-
-    monkeypatch.setattr(files, "PROGRESS_EVERY_S", 0.0)
-    logged: list[str] = []
-
-    @flow
-    def landing() -> None:
-        progress = ProgressArtifact("ingest-probe-readings-progress", "Landing", logged.append)
-        source = SourceFile("file:///drops/readings.csv", tmp_path / "x", "0" * 64, size=1000)
-        streaming = files.StreamProgress(progress, source)
-        for sent in (250, 500, 1000):
-            streaming(sent)
-        streaming.done(rows=40)
-
-    landing()
-    versions = _artifacts("ingest-probe-readings-progress")
-    assert (versions[0].type, versions[0].data) == ("progress", 100.0)
-    assert len(logged) == 4 and logged[-1].endswith("40 rows in; the contract gate checks them")
