@@ -369,24 +369,23 @@ def column_value(text: str) -> str:
     return text
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, parse: Callable[[str], float], ok: Callable[[float], bool], what: str):
+    """``parse(text)`` if it parses and is ``ok``, else an argparse error saying ``what``."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a whole number of at least 1")
 
 
 def hours(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours (0 or more)")
-    return value
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number of hours (0 or more)")
 
 
 def folder(text: str) -> Path:
