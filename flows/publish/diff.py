@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from shards.blocks import BLOCK_EXTENSION, decode_block
-from shards.manifest import LATEST_NAME, MANIFEST_NAME, dataset_prefix, manifest_key
+from shards.gc import published_versions
+from shards.manifest import LATEST_NAME, dataset_prefix, manifest_key
 from shards.publisher import read_latest, read_manifest
 from shards.readers import iter_tar_samples
 from shards.storage import Storage
@@ -40,16 +41,6 @@ def load_version(storage: Storage, name: str, version: str) -> dict[str, Any]:
             f"(published: {published})"
         )
     return read_manifest(storage, name, version)
-
-
-def published_versions(storage: Storage, name: str) -> list[str]:
-    """The versions of ``name`` that have a manifest."""
-    prefix = dataset_prefix(name) + "/"
-    return sorted(
-        key[len(prefix) :].split("/")[0]
-        for key in storage.list(prefix)
-        if key.endswith("/" + MANIFEST_NAME) and key.count("/") == prefix.count("/") + 1
-    )
 
 
 # --- label rates from the shards -------------------------------------------------------------
