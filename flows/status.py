@@ -31,7 +31,7 @@ from flows.meta import (
 )
 from flows.settings import Settings
 from flows.specs import DatasetSpec, format_duration
-from shards.manifest import latest_key
+from shards.publisher import read_latest
 from shards.storage import Storage, open_storage
 
 FAILURE_WINDOW = timedelta(hours=24)
@@ -200,8 +200,7 @@ def _published(
     now: datetime,
 ) -> PublishedStatus:
     """The version ``LATEST`` names, with the time the registry recorded it."""
-    key = latest_key(name)
-    version = storage.get_bytes(key).decode().strip() if storage.exists(key) else None
+    version = read_latest(storage, name)
     at = _registered_at(conn, name, version) if version else None
     return PublishedStatus(
         version=version,
