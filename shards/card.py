@@ -1,10 +1,12 @@
 """The dataset card of a published version: ``<version>/card/card.md`` and its PNG plots.
 
-Polars computes the per-split summaries from the rows the publication read (the spilled
-Arrow batches, read batch by batch, so memory is bounded by the batch and the number of
-distinct values, not by the table): the split sizes, the label rate per split and anchor
-month, the missing values per feature and split, and each feature's distribution per split
-(numeric: a histogram over the range all splits share; categorical: the top values).
+Polars computes the per-split summaries: the split sizes, the label rate per split and
+anchor month, the missing values per feature and split, and each feature's distribution per
+split (numeric: a histogram on a grid over the train split's range; categorical: the top
+values). It summarizes each shard group's rows once (:func:`group_partials`, from the spilled
+Arrow batches, batch by batch, so memory is bounded by the batch and the number of distinct
+values) and merges the groups' partial summaries; ``<version>/card/partials.json.gz`` keeps them,
+so the next version summarizes only its new groups' rows (:func:`version_partials`).
 :func:`card_markdown` turns a summary into ``card.md`` and :func:`card_figures` draws its
 plots with matplotlib (imported only here, Agg canvas, default style, no ``Software`` stamp),
 so the same rows give the same bytes. :func:`write_card` writes the files once each and
@@ -17,13 +19,16 @@ Nothing here names a dataset's columns: they all come from the :class:`PublishSp
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import io
+import json
 import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,18 +37,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.definition import PublishSpec
-from shards.manifest import CARD_NAME, card_path, dataset_prefix
+from shards.groups import EPOCH, Group, anchor_periods, period_bounds
+from shards.manifest import CARD_NAME, PARTIALS_NAME, card_path, dataset_prefix
 from shards.planning import Plan, PublishError
-from shards.splits import EXCLUDED, SplitAssigner
+from shards.splits import SplitAssigner
 from shards.storage import Storage
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-Batches = Callable[[], Iterable[pa.RecordBatch]]
+# The publication's rows whose anchors lie in ``[start, end)`` (:meth:`shards.spill.Spill.batches`).
+Batches = Callable[[datetime, datetime], Iterable[pa.RecordBatch]]
 
 # Column names of the summaries: '#' is never in a spec's column name, so they never clash.
+GROUP = "group#"
+CELL = "cell#"
 SPLIT = "split#"
 MONTH = "month#"
 LABEL = "label#"
@@ -51,11 +60,14 @@ FEATURE = "feature#"
 VALUE = "value#"
 BIN = "bin#"
 
-HISTOGRAM_BINS = 20  # bins of a numeric feature's histogram (integers: one per value, up to 40)
-INTEGER_BINS = 40
+HISTOGRAM_BINS = 20  # bins over the train range of a numeric feature (integers: one per value,
+INTEGER_BINS = 40  # up to 40)
+EXTRA_BINS = 20  # bins beyond each end of the train range (the rest is counted in the last)
+PARTIALS_FORMAT = 1
 TOP_VALUES = 8  # categories drawn and listed per categorical feature
 FEATURES_PER_FIGURE = 12  # feature distributions per PNG (3 columns)
 COLUMNS = 3
+TICKS = 4  # at most this many ticks on a feature distribution's axes
 COMPACT_EVERY = 32  # partial aggregates merged every this many batches
 DPI = 80
 LABEL_CHARS = 14  # a category's tick label is cut to this many characters
@@ -110,11 +122,194 @@ class CardSummary:
         return {f.feature: f.missing for f in features}
 
 
-# --- summaries (polars) ---------------------------------------------------------------------
+# --- partial summaries per shard group (polars) ---------------------------------------------
+#
+# A shard group is one split's rows in one anchor period (:mod:`shards.groups`); its partial
+# summary depends only on its rows and on :class:`CardInputs`, so a version reuses the
+# partials of every group an earlier version had and summarizes only its new groups' rows.
+# Partials merge exactly: counts and sums add, minima and maxima combine, and histograms share
+# one grid per feature (the train split's range, in :data:`HISTOGRAM_BINS` bins or one bin per
+# integer, extended by whole bins to the values of other splits).
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A numeric feature's histogram grid: bin ``i`` is ``[first + i * width, first + (i + 1)
+    * width)``; bins ``0 .. bins - 1`` cover the train split's range."""
+
+    first: float
+    width: float
+    bins: int
+
+    def edges(self, low: int, high: int) -> list[float]:
+        """The edges of bins ``low .. high``."""
+        return [self.first + self.width * i for i in range(low, high + 2)]
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """Everything besides a group's rows that shapes its partial summary."""
+
+    splits: list[str]
+    label: str
+    numeric: list[str]
+    categorical: list[str]
+    grids: dict[str, Grid]
+
+    @classmethod
+    def of(cls, spec: PublishSpec, plan: Plan, schema: pa.Schema | None) -> CardInputs:
+        integers = _integer_features(spec, schema) if schema is not None else set()
+        train = plan.statistics["numeric"]
+        grids = {
+            name: _grid(train[name]["min"], train[name]["max"], name in integers)
+            for name in spec.numeric_features
+            if train[name]["min"] is not None
+        }
+        return cls(
+            spec.split_names,
+            spec.label,
+            list(spec.numeric_features),
+            list(spec.categorical_features),
+            grids,
+        )
+
+    def digest(self) -> str:
+        payload = json.dumps(
+            {"format": PARTIALS_FORMAT, **asdict(self)}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def group_key(self, group: Group) -> str:
+        """The key of a group's partial summary: its rows (as the plan fingerprinted them) and
+        these inputs."""
+        rows = f"{group.split}/{group.period}/{group.rows}/{group.fingerprint}/{self.digest()}"
+        return hashlib.sha256(rows.encode()).hexdigest()[:32]
+
+
+def _integer_features(spec: PublishSpec, schema: pa.Schema) -> set[str]:
+    """Numeric features stored as integers or booleans (drawn with one bin per value)."""
+    return {
+        name
+        for name in spec.numeric_features
+        if pa.types.is_integer(schema.field(name).type)
+        or pa.types.is_boolean(schema.field(name).type)
+    }
+
+
+def _grid(low: float, high: float, integer: bool) -> Grid:
+    """The grid over ``[low, high]`` (the train split's range)."""
+    if integer and high - low < INTEGER_BINS:
+        return Grid(low - 0.5, 1.0, int(high - low) + 1)
+    if high <= low:
+        return Grid(low - 0.5, 1.0, 1)
+    return Grid(low, (high - low) / HISTOGRAM_BINS, HISTOGRAM_BINS)
+
+
+# The four tables of partial summaries, by group (GROUP: the key from CardInputs.group_key).
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "monthly": {
+        GROUP: pl.String,
+        SPLIT: pl.Int8,
+        MONTH: pl.String,
+        "rows": pl.Int64,
+        "labelled": pl.Int64,
+        "label_sum": pl.Float64,
+    },
+    "numeric": {
+        GROUP: pl.String,
+        SPLIT: pl.Int8,
+        FEATURE: pl.String,
+        "present": pl.Int64,
+        "missing": pl.Int64,
+        "total": pl.Float64,
+        "low": pl.Float64,
+        "high": pl.Float64,
+    },
+    "histograms": {
+        GROUP: pl.String,
+        SPLIT: pl.Int8,
+        FEATURE: pl.String,
+        BIN: pl.Int32,
+        "n": pl.Int64,
+    },
+    "categorical": {
+        GROUP: pl.String,
+        SPLIT: pl.Int8,
+        FEATURE: pl.String,
+        VALUE: pl.String,
+        "n": pl.Int64,
+    },
+}
+KEYS = {
+    "monthly": [SPLIT, MONTH],
+    "numeric": [SPLIT, FEATURE],
+    "histograms": [SPLIT, FEATURE, BIN],
+    "categorical": [SPLIT, FEATURE, VALUE],
+}
+
+
+def _sums(*names: str) -> list[pl.Expr]:
+    return [pl.col(name).sum() for name in names]
+
+
+MERGE = {
+    "monthly": _sums("rows", "labelled", "label_sum"),
+    "numeric": [
+        *_sums("present", "missing", "total"),
+        pl.col("low").min(),
+        pl.col("high").max(),
+    ],
+    "histograms": _sums("n"),
+    "categorical": _sums("n"),
+}
+
+
+@dataclass(frozen=True)
+class Partials:
+    """Partial summaries of shard groups: one table per kind (:data:`SCHEMAS`)."""
+
+    tables: dict[str, pl.DataFrame]
+
+    @classmethod
+    def empty(cls) -> Partials:
+        return cls({kind: pl.DataFrame(schema=schema) for kind, schema in SCHEMAS.items()})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Partials:
+        """Partials from :meth:`to_json`'s bytes (none from another format)."""
+        found = json.loads(gzip.decompress(data))
+        if found.get("format") != PARTIALS_FORMAT:
+            return cls.empty()
+        return cls(
+            {kind: pl.DataFrame(found[kind], schema=schema) for kind, schema in SCHEMAS.items()}
+        )
+
+    def to_json(self) -> bytes:
+        tables = {kind: table.sort(GROUP, *KEYS[kind]) for kind, table in self.tables.items()}
+        payload = {kind: table.to_dict(as_series=False) for kind, table in tables.items()}
+        text = json.dumps({"format": PARTIALS_FORMAT, **payload}, sort_keys=True)
+        # no timestamp in the header: the same partials give the same bytes
+        return gzip.compress(text.encode(), compresslevel=6, mtime=0)
+
+    def groups(self) -> set[str]:
+        return set(self.tables["monthly"][GROUP].unique().to_list())
+
+    def of_groups(self, keys: Iterable[str]) -> Partials:
+        wanted = pl.Series(list(keys), dtype=pl.String)
+        return Partials({k: t.filter(pl.col(GROUP).is_in(wanted)) for k, t in self.tables.items()})
+
+    def plus(self, other: Partials) -> Partials:
+        return Partials({k: pl.concat([t, other.tables[k]]) for k, t in self.tables.items()})
+
+    def totals(self, kind: str) -> pl.DataFrame:
+        """One kind's table merged over all groups, per split (and feature, value, ...)."""
+        keys = KEYS[kind]
+        ordered = self.tables[kind].sort(GROUP, *keys)  # floats add up in one order
+        return ordered.group_by(keys, maintain_order=True).agg(MERGE[kind]).sort(keys)
 
 
 @dataclass
-class _Partials:
+class _Accumulator:
     """Partial aggregates of many batches, merged with ``merge`` (compacted as they come)."""
 
     keys: list[str]
@@ -129,37 +324,35 @@ class _Partials:
     def total(self) -> pl.DataFrame:
         if len(self.parts) == 1:
             return self.parts[0]
-        return pl.concat(self.parts).group_by(self.keys).agg(self.merge).sort(self.keys)
-
-    def result(self) -> pl.DataFrame | None:
-        """The merged aggregates (None when no batch came)."""
-        return self.total() if self.parts else None
+        return pl.concat(self.parts).group_by(self.keys).agg(self.merge)
 
 
 def _count() -> pl.Expr:
     return pl.len().cast(pl.Int64)
 
 
-def _sums(*names: str) -> list[pl.Expr]:
-    return [pl.col(name).sum() for name in names]
-
-
-def _frame(spec: PublishSpec, batch: pa.RecordBatch, assigner: SplitAssigner) -> pl.DataFrame:
-    """One batch as polars: split index, anchor month, label and features (rows outside
-    every split left out); numeric features as Float64 (NaN is missing), categorical as
-    strings."""
+def _frame(
+    spec: PublishSpec, batch: pa.RecordBatch, assigner: SplitAssigner, cells: np.ndarray
+) -> pl.DataFrame | None:
+    """The batch's rows of the wanted groups (``cells``: ``period day * 256 + split index``)
+    as polars: cell, split index, anchor month, label and features (numeric as Float64, NaN
+    is missing; categorical as strings); None when it has none."""
     assignment = assigner.assign(batch)
+    days = anchor_periods(batch.column(spec.anchor), spec.shard_period)
+    cell = days.astype(np.int64) * 256 + assignment
+    wanted = np.isin(cell, cells)
+    if not wanted.any():
+        return None
+    if not wanted.all():
+        batch, cell, assignment = batch.filter(pa.array(wanted)), cell[wanted], assignment[wanted]
     anchors = pc.cast(batch.column(spec.anchor), pa.timestamp("us", tz="UTC"))
     columns = list(dict.fromkeys([spec.label, *spec.feature_names]))
     frame = pl.from_arrow(pa.Table.from_batches([batch.select(columns)]))
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_columns(
+    return frame.select(
+        pl.Series(CELL, cell, dtype=pl.Int64),
         pl.Series(SPLIT, assignment, dtype=pl.Int8),
         pl.Series(MONTH, anchors).dt.strftime("%Y-%m"),
-    )
-    return frame.filter(pl.col(SPLIT) != EXCLUDED).select(
-        SPLIT,
-        MONTH,
         pl.col(spec.label).cast(pl.Float64).alias(LABEL),
         *[pl.col(f).cast(pl.Float64).fill_nan(None) for f in spec.numeric_features],
         *[pl.col(f).cast(pl.String) for f in spec.categorical_features],
@@ -167,140 +360,132 @@ def _frame(spec: PublishSpec, batch: pa.RecordBatch, assigner: SplitAssigner) ->
 
 
 def _long(frame: pl.DataFrame, features: list[str]) -> pl.DataFrame:
-    """``(split, feature, value)`` rows of the given features."""
-    return frame.select(SPLIT, *features).unpivot(
-        index=SPLIT, variable_name=FEATURE, value_name=VALUE
+    """``(cell, split, feature, value)`` rows of the given features."""
+    return frame.select(CELL, SPLIT, *features).unpivot(
+        index=[CELL, SPLIT], variable_name=FEATURE, value_name=VALUE
     )
 
 
-class _FirstPass:
-    """Rows and label per split and month, numeric moments, categorical value counts."""
+def _grid_frame(grids: dict[str, Grid]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            FEATURE: list(grids),
+            "first": [g.first for g in grids.values()],
+            "width": [g.width for g in grids.values()],
+            "last": [g.bins - 1 + EXTRA_BINS for g in grids.values()],
+        },
+        schema={FEATURE: pl.String, "first": pl.Float64, "width": pl.Float64, "last": pl.Int64},
+    )
 
-    def __init__(self, spec: PublishSpec):
-        self.spec = spec
-        self.monthly = _Partials([SPLIT, MONTH], _sums("rows", "labelled", "label_sum"))
-        self.numeric = _Partials(
-            [SPLIT, FEATURE],
-            [
-                *_sums("present", "missing", "total"),
-                pl.col("low").min(),
-                pl.col("high").max(),
-            ],
-        )
-        self.categorical = _Partials([SPLIT, FEATURE, VALUE], _sums("n"))
-        self.integers: set[str] | None = None
 
-    def add(self, schema: pa.Schema, frame: pl.DataFrame) -> None:
-        if self.integers is None:
-            self.integers = _integer_features(self.spec, schema)
-        self.monthly.add(
-            frame.group_by(SPLIT, MONTH).agg(
+class _GroupPass:
+    """One pass over rows: each wanted group's rows and label per month, numeric moments and
+    histogram, categorical value counts."""
+
+    def __init__(self, inputs: CardInputs):
+        self.inputs = inputs
+        self.grids = _grid_frame(inputs.grids)
+        self.tables = {kind: _Accumulator([CELL, *KEYS[kind]], MERGE[kind]) for kind in SCHEMAS}
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.tables["monthly"].add(
+            frame.group_by(CELL, SPLIT, MONTH).agg(
                 rows=_count(),
                 labelled=pl.col(LABEL).count().cast(pl.Int64),
                 label_sum=pl.col(LABEL).sum(),
             )
         )
-        if self.spec.numeric_features:
-            values = pl.col(VALUE)
-            self.numeric.add(
-                _long(frame, self.spec.numeric_features)
-                .group_by(SPLIT, FEATURE)
-                .agg(
-                    present=values.count().cast(pl.Int64),
-                    missing=values.null_count().cast(pl.Int64),
-                    total=values.sum(),
-                    low=values.min(),
-                    high=values.max(),
+        if self.inputs.numeric:
+            values = _long(frame, self.inputs.numeric)
+            self.tables["numeric"].add(
+                values.group_by(CELL, SPLIT, FEATURE).agg(
+                    present=pl.col(VALUE).count().cast(pl.Int64),
+                    missing=pl.col(VALUE).null_count().cast(pl.Int64),
+                    total=pl.col(VALUE).sum(),
+                    low=pl.col(VALUE).min(),
+                    high=pl.col(VALUE).max(),
                 )
             )
-        if self.spec.categorical_features:
-            self.categorical.add(
-                _long(frame, self.spec.categorical_features)
-                .group_by(SPLIT, FEATURE, VALUE)
+            position = ((pl.col(VALUE) - pl.col("first")) / pl.col("width")).floor()
+            self.tables["histograms"].add(
+                values.drop_nulls(VALUE)
+                .join(self.grids, on=FEATURE)
+                .with_columns(position.clip(-EXTRA_BINS, pl.col("last")).cast(pl.Int32).alias(BIN))
+                .group_by(CELL, SPLIT, FEATURE, BIN)
+                .agg(n=_count())
+            )
+        if self.inputs.categorical:
+            self.tables["categorical"].add(
+                _long(frame, self.inputs.categorical)
+                .group_by(CELL, SPLIT, FEATURE, VALUE)
                 .agg(n=_count())
             )
 
-
-def _integer_features(spec: PublishSpec, schema: pa.Schema) -> set[str]:
-    """Numeric features stored as integers or booleans (drawn with one bin per value)."""
-    return {
-        name
-        for name in spec.numeric_features
-        if pa.types.is_integer(schema.field(name).type)
-        or pa.types.is_boolean(schema.field(name).type)
-    }
-
-
-def _bins(low: float, high: float, integer: bool) -> tuple[float, float, int]:
-    """``(first edge, width, bins)`` of a histogram over ``[low, high]``."""
-    if integer and high - low < INTEGER_BINS:
-        return low - 0.5, 1.0, int(high - low) + 1
-    if high <= low:
-        return low - 0.5, 1.0, 1
-    return low, (high - low) / HISTOGRAM_BINS, HISTOGRAM_BINS
-
-
-def _ranges(numeric: pl.DataFrame, integers: set[str]) -> dict[str, tuple[float, float, int]]:
-    """Each numeric feature's histogram bins, over the range of all splits together."""
-    bounds = (
-        numeric.group_by(FEATURE)
-        .agg(pl.col("low").min(), pl.col("high").max())
-        .drop_nulls()
-        .sort(FEATURE)
-    )
-    return {
-        row[FEATURE]: _bins(row["low"], row["high"], row[FEATURE] in integers)
-        for row in bounds.iter_rows(named=True)
-    }
-
-
-def _histogram_pass(
-    spec: PublishSpec, batches: Batches, ranges: dict[str, tuple[float, float, int]]
-) -> pl.DataFrame | None:
-    """Pass 2: ``(split, feature, bin, n)`` of every numeric feature with a range."""
-    if not ranges:
-        return None
-    bins = pl.DataFrame(
-        {
-            FEATURE: list(ranges),
-            "first": [r[0] for r in ranges.values()],
-            "width": [r[1] for r in ranges.values()],
-            "last_bin": [r[2] - 1 for r in ranges.values()],
-        }
-    )
-    partials = _Partials([SPLIT, FEATURE, BIN], _sums("n"))
-    assigner = _assigner(spec)
-    for batch in batches():
-        frame = _frame(spec, batch, assigner)
-        position = ((pl.col(VALUE) - pl.col("first")) / pl.col("width")).floor()
-        partials.add(
-            _long(frame, list(ranges))
-            .drop_nulls(VALUE)
-            .join(bins, on=FEATURE)
-            .with_columns(position.clip(0, pl.col("last_bin")).cast(pl.Int32).alias(BIN))
-            .group_by(SPLIT, FEATURE, BIN)
-            .agg(n=_count())
+    def partials(self, keys: dict[int, str]) -> Partials:
+        """The accumulated tables with each cell replaced by its group's key."""
+        cells = pl.DataFrame(
+            {CELL: list(keys), GROUP: list(keys.values())},
+            schema={CELL: pl.Int64, GROUP: pl.String},
         )
-    return partials.result()
+        tables = {}
+        for kind, schema in SCHEMAS.items():
+            parts = self.tables[kind].parts
+            if not parts:
+                tables[kind] = pl.DataFrame(schema=schema)
+                continue
+            found = self.tables[kind].total().join(cells, on=CELL)
+            tables[kind] = found.select(list(schema)).cast(schema)
+        return Partials(tables)
 
 
-def _assigner(spec: PublishSpec) -> SplitAssigner:
-    return SplitAssigner(spec.split, example_id=spec.example_id, anchor=spec.anchor)
+def group_partials(
+    spec: PublishSpec, plan: Plan, inputs: CardInputs, batches: Batches, groups: list[Group]
+) -> Partials:
+    """The partial summaries of ``groups`` (of ``plan``), from the rows ``batches(start,
+    end)`` yields for the groups' anchor range (rows of other groups are skipped)."""
+    if not groups:
+        return Partials.empty()
+    names = {name: index for index, name in enumerate(spec.split_names)}
+    keys = {
+        (date.fromisoformat(g.period) - EPOCH).days * 256 + names[g.split]: inputs.group_key(g)
+        for g in groups
+    }
+    cells = np.array(list(keys), dtype=np.int64)
+    found = _GroupPass(inputs)
+    assigner = SplitAssigner(spec.split, example_id=spec.example_id, anchor=spec.anchor)
+    periods = sorted(g.period for g in groups)
+    for batch in batches(*period_bounds(periods[0], spec.shard_period, periods[-1])):
+        frame = _frame(spec, batch, assigner, cells)
+        if frame is not None:
+            found.add(frame)
+    return found.partials(keys)
 
 
-def summarize(spec: PublishSpec, batches: Batches) -> CardSummary:
-    """The card's summaries of the rows ``batches()`` yields (read twice: the histograms'
-    bins need every split's range first)."""
-    first = _FirstPass(spec)
-    assigner = _assigner(spec)
-    for batch in batches():
-        first.add(batch.schema, _frame(spec, batch, assigner))
-    names = spec.split_names
-    numeric = first.numeric.result()
-    ranges = _ranges(numeric, first.integers or set()) if numeric is not None else {}
-    histograms = _histogram_pass(spec, batches, ranges)
-    counts, rates, months, per_month = _label_summary(names, first.monthly.result())
-    categorical = first.categorical.result()
+def version_partials(
+    spec: PublishSpec,
+    plan: Plan,
+    inputs: CardInputs,
+    batches: Batches,
+    earlier: Partials | None = None,
+) -> Partials:
+    """The partial summaries of every group of ``plan``: an ``earlier`` version's where it has
+    the group, the others summarized from ``batches``."""
+    keys = [inputs.group_key(group) for group in plan.groups]
+    known = earlier.of_groups(keys) if earlier is not None else Partials.empty()
+    held = known.groups()
+    todo = [g for g, key in zip(plan.groups, keys, strict=True) if key not in held]
+    return known.plus(group_partials(spec, plan, inputs, batches, todo))
+
+
+# --- the summary of a version ----------------------------------------------------------------
+
+
+def summarize(spec: PublishSpec, inputs: CardInputs, partials: Partials) -> CardSummary:
+    """The card's summaries: every group's partials merged per split."""
+    names = inputs.splits
+    counts, rates, months, per_month = _label_summary(names, partials.totals("monthly"))
+    numeric = partials.totals("numeric")
+    histograms = partials.totals("histograms")
     return CardSummary(
         splits=names,
         counts=counts,
@@ -308,11 +493,11 @@ def summarize(spec: PublishSpec, batches: Batches) -> CardSummary:
         months=months,
         monthly=per_month,
         numeric=[
-            _numeric_summary(name, names, numeric, histograms, ranges.get(name))
+            _numeric_summary(name, names, numeric, histograms, inputs.grids.get(name))
             for name in spec.numeric_features
         ],
         categorical=[
-            _categorical_summary(name, names, counts, categorical)
+            _categorical_summary(name, names, counts, partials.totals("categorical"))
             for name in spec.categorical_features
         ],
     )
@@ -323,7 +508,7 @@ def _rate(total: float, rows: int) -> float | None:
 
 
 def _label_summary(
-    names: list[str], monthly: pl.DataFrame | None
+    names: list[str], monthly: pl.DataFrame
 ) -> tuple[
     dict[str, int],
     dict[str, float | None],
@@ -337,7 +522,7 @@ def _label_summary(
     labelled = dict.fromkeys(names, 0)
     per_month: dict[str, dict[str, tuple[int, float | None]]] = {name: {} for name in names}
     months: set[str] = set()
-    for row in monthly.iter_rows(named=True) if monthly is not None else []:
+    for row in monthly.iter_rows(named=True):
         name = names[row[SPLIT]]
         counts[name] += row["rows"]
         sums[name] += row["label_sum"] or 0.0
@@ -348,47 +533,47 @@ def _label_summary(
     return counts, rates, sorted(months), per_month
 
 
-def _feature_rows(frame: pl.DataFrame | None, feature: str) -> pl.DataFrame | None:
-    if frame is None:
-        return None
+def _feature_rows(frame: pl.DataFrame, feature: str) -> pl.DataFrame:
     return frame.filter(pl.col(FEATURE) == feature)
 
 
 def _numeric_summary(
     feature: str,
     names: list[str],
-    numeric: pl.DataFrame | None,
-    histograms: pl.DataFrame | None,
-    bins: tuple[float, float, int] | None,
+    numeric: pl.DataFrame,
+    histograms: pl.DataFrame,
+    grid: Grid | None,
 ) -> NumericSummary:
     missing, present = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
     mean: dict[str, float | None] = dict.fromkeys(names)
     low = high = None
-    rows = _feature_rows(numeric, feature)
-    for row in rows.iter_rows(named=True) if rows is not None else []:
+    for row in _feature_rows(numeric, feature).iter_rows(named=True):
         name = names[row[SPLIT]]
         missing[name], present[name] = row["missing"], row["present"]
         mean[name] = _rate(row["total"] or 0.0, row["present"])
         if row["low"] is not None:
             low = row["low"] if low is None else min(low, row["low"])
             high = row["high"] if high is None else max(high, row["high"])
-    if bins is None:
-        return NumericSummary(feature, missing, present, mean, low, high)
-    first, width, count = bins
-    counts = {name: [0] * count for name in names}
     found = _feature_rows(histograms, feature)
-    for row in found.iter_rows(named=True) if found is not None else []:
-        counts[names[row[SPLIT]]][row[BIN]] = row["n"]
-    edges = [first + width * i for i in range(count + 1)]
-    return NumericSummary(feature, missing, present, mean, low, high, edges, counts)
+    if grid is None or found.is_empty():
+        return NumericSummary(feature, missing, present, mean, low, high)
+    # the train range's bins, and whole bins beyond it as far as other splits' values reach
+    first = min(0, found[BIN].min())  # type: ignore[type-var]
+    last = max(grid.bins - 1, found[BIN].max())  # type: ignore[type-var]
+    counts = {name: [0] * (last - first + 1) for name in names}
+    for row in found.iter_rows(named=True):
+        counts[names[row[SPLIT]]][row[BIN] - first] = row["n"]
+    return NumericSummary(
+        feature, missing, present, mean, low, high, grid.edges(first, last), counts
+    )
 
 
 def _categorical_summary(
-    feature: str, names: list[str], rows: dict[str, int], categorical: pl.DataFrame | None
+    feature: str, names: list[str], rows: dict[str, int], categorical: pl.DataFrame
 ) -> CategoricalSummary:
     missing, distinct = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
     found = _feature_rows(categorical, feature)
-    if found is None or found.is_empty():
+    if found.is_empty():
         empty = {name: [] for name in names}
         return CategoricalSummary(feature, missing, distinct, [], empty, dict(rows))
     values = found.filter(pl.col(VALUE).is_not_null())
@@ -653,6 +838,8 @@ def _categorical_axes(ax: Axes, feature: CategoricalSummary, summary: CardSummar
 def _features(fig: Figure, summary: CardSummary, page: list[Any]) -> None:
     """A page of feature distributions, 3 columns (laid out by hand: a constrained layout
     of a dozen axes costs more than drawing them)."""
+    from matplotlib.ticker import MaxNLocator
+
     rows = math.ceil(len(page) / COLUMNS)
     height = fig.get_figheight()
     axes = fig.subplots(rows, COLUMNS, squeeze=False).ravel()
@@ -666,6 +853,9 @@ def _features(fig: Figure, summary: CardSummary, page: list[Any]) -> None:
             _categorical_axes(ax, feature, summary)
         ax.set_title(feature.feature, fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(TICKS))  # each tick costs a text layout
+        if isinstance(feature, NumericSummary):
+            ax.xaxis.set_major_locator(MaxNLocator(TICKS))
     for ax in axes[len(page) :]:
         ax.set_axis_off()
     handles, labels = axes[0].get_legend_handles_labels()
@@ -732,15 +922,28 @@ def _put_once(storage: Storage, name: str, path: str, data: bytes) -> dict[str, 
     return {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def write_card(storage: Storage, spec: PublishSpec, plan: Plan, batches: Batches) -> dict[str, Any]:
-    """Summarize ``batches()`` (the publication's rows), write ``card.md`` and its plots under
-    ``<version>/card/`` and return the manifest's ``card`` entry."""
-    summary = summarize(spec, batches)
+def write_card(
+    storage: Storage,
+    spec: PublishSpec,
+    plan: Plan,
+    batches: Batches,
+    *,
+    schema: pa.Schema | None,
+    earlier: bytes | None = None,
+) -> dict[str, Any]:
+    """Summarize the publication's rows (``batches``, with ``schema``; the groups an earlier
+    version's ``partials.json.gz`` summarized already are taken from ``earlier``), write
+    ``card.md``, its plots and ``partials.json.gz`` under ``<version>/card/`` and return the
+    manifest's ``card`` entry."""
+    inputs = CardInputs.of(spec, plan, schema)
+    known = Partials.from_json(earlier) if earlier is not None else None
+    partials = version_partials(spec, plan, inputs, batches, known)
+    summary = summarize(spec, inputs, partials)
     if summary.counts != plan.counts:
         raise PublishError(f"card counts {summary.counts} differ from the plan's {plan.counts}")
     figures = card_figures(summary)
     text = card_markdown(spec, plan, summary, list(figures))
-    files = {CARD_NAME: text.encode(), **figures}
+    files = {CARD_NAME: text.encode(), **figures, PARTIALS_NAME: partials.to_json()}
     paths = [card_path(plan.version, filename) for filename in files]
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="card") as pool:
         entries = list(

@@ -64,18 +64,22 @@ def read_group_records(
     return records
 
 
-def latest_records(storage: Storage, name: str) -> dict[str, dict[str, Any]]:
-    """The group records of the latest published version, by key (none if there is none)."""
+def latest_manifest(storage: Storage, name: str) -> dict[str, Any] | None:
+    """The latest published version's manifest, if it has one in this manifest version."""
     latest = latest_key(name)
     if not storage.exists(latest):
-        return {}
+        return None
     version = storage.get_bytes(latest).decode().strip()
     if not storage.exists(manifest_key(name, version)):
-        return {}
+        return None
     manifest = json.loads(storage.get_bytes(manifest_key(name, version)))
-    return (
-        manifest_records(manifest) if manifest.get("manifest_version") == MANIFEST_VERSION else {}
-    )
+    return manifest if manifest.get("manifest_version") == MANIFEST_VERSION else None
+
+
+def latest_records(storage: Storage, name: str) -> dict[str, dict[str, Any]]:
+    """The group records of the latest published version, by key (none if there is none)."""
+    manifest = latest_manifest(storage, name)
+    return manifest_records(manifest) if manifest is not None else {}
 
 
 def manifest_records(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,7 @@ MANIFEST_VERSION = 2
 PLAN_NAME = "plan.json"
 CARD_FOLDER = "card"
 CARD_NAME = "card.md"
+PARTIALS_NAME = "partials.json.gz"  # the card's partial summaries per shard group
 
 # The modules whose code decides the bytes of a published version.
 _CODE_FILES = (
@@ -168,6 +169,14 @@ def card_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The dataset card's file entries of a manifest (none for a version without a card)."""
     card = manifest.get("card")
     return list(card["files"]) if card else []
+
+
+def card_partials_key(name: str, manifest: dict[str, Any]) -> str | None:
+    """Storage key of a manifest's card partial summaries (none for a version without)."""
+    for entry in card_files(manifest):
+        if entry["path"].rpartition("/")[2] == PARTIALS_NAME:
+            return f"{dataset_prefix(name)}/{entry['path']}"
+    return None
 
 
 def card_key(name: str, card: dict[str, Any]) -> str:

@@ -8,8 +8,10 @@
    cut into parts by anchor period; each part encodes its groups, uploads their files as
    content-addressed objects and records them. Parts run one after another, in ``workers``
    local processes, or (through the flows) each in its own pod; the files are the same.
-3. **card** (:mod:`shards.card`) — summarize the spilled rows per split with polars and write
-   ``<version>/card/card.md`` and its PNG plots (each file written once).
+3. **card** (:mod:`shards.card`), while the parts write — summarize the rows of the shard
+   groups the latest version's card did not summarize yet (polars, from the spill), merge them
+   with that card's partial summaries, and write ``<version>/card/card.md``, its PNG plots and
+   the partial summaries (each file written once).
 4. **commit** (:mod:`shards.commit`) — verify every group and object, write the LitData
    indexes, then ``manifest.json`` (written once, listing the card's files), then ``LATEST``.
 
@@ -28,13 +30,20 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from shards.commit import commit, latest_records
+from shards.commit import commit, latest_manifest, manifest_records
 from shards.definition import PublishSpec
-from shards.manifest import card_key, latest_key, manifest_key, plan_key, version_prefix
+from shards.manifest import (
+    card_key,
+    card_partials_key,
+    latest_key,
+    manifest_key,
+    plan_key,
+    version_prefix,
+)
 from shards.parts import Part, cut_parts, missing_groups, stored_groups, write_part
 from shards.planning import Plan, PublishError, plan_publication, select_columns
 from shards.progress import Progress, Step
@@ -44,6 +53,7 @@ from shards.storage import Storage
 __all__ = ["Part", "Plan", "PublishError", "PublishResult", "plan_publication", "publish"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BatchSource = Callable[[], Iterable[pa.RecordBatch]]
 # Runs the parts somewhere else (each in its own pod): they read the plan from storage.
@@ -69,15 +79,33 @@ class PublishResult:
 
 @dataclass
 class StoredState:
-    """What storage holds of a dataset before a publication writes: the group records' keys
-    and the latest published version's records."""
+    """What storage holds of a dataset before a publication writes: the group records' keys,
+    the latest published version's records and its card's partial summaries."""
 
     groups: set[str]
     latest: dict[str, dict[str, Any]]
+    card_partials: bytes | None = None
 
     @classmethod
     def read(cls, storage: Storage, name: str) -> StoredState:
-        return cls(stored_groups(storage, name), latest_records(storage, name))
+        manifest = latest_manifest(storage, name)
+        if manifest is None:
+            return cls(stored_groups(storage, name), {})
+        partials = card_partials_key(name, manifest)
+        return cls(
+            stored_groups(storage, name),
+            manifest_records(manifest),
+            storage.get_bytes(partials) if partials is not None else None,
+        )
+
+
+def _timed(timings: dict[str, float], name: str, work: Callable[[], T]) -> T:
+    """``work()``, its seconds noted in ``timings[name]``."""
+    started = time.perf_counter()
+    try:
+        return work()
+    finally:
+        timings[name] = time.perf_counter() - started
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -234,26 +262,39 @@ def publish(
             f"{spec.name} {plan.version}: {len(todo)} of {len(plan.groups)} shard groups to "
             f"write in {len(parts)} part(s); the others are already in storage"
         )
-        written: dict[str, dict[str, Any]] = {}
-        if run_parts is not None:
-            run_parts(spec, plan, parts)
-        else:
-            written = write_parts(
-                spec,
-                plan,
-                parts,
-                spill,
-                storage,
-                workers=workers,
-                workdir=Path(tmp),
-                samples=samples,
-            )
-        timings["write_s"] = time.perf_counter() - started
-        started = time.perf_counter()
         from shards.card import write_card  # polars and matplotlib: only when a card is written
 
-        card = write_card(storage, spec, plan, spill.batches)
-        timings["card_s"] = time.perf_counter() - started
+        written: dict[str, dict[str, Any]] = {}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="card") as carding:
+            # The card needs only the plan and the spilled rows: it is made while parts write.
+            drawn = carding.submit(
+                _timed,
+                timings,
+                "card_s",
+                lambda: write_card(
+                    storage,
+                    spec,
+                    plan,
+                    spill.batches,
+                    schema=spill.schema(),
+                    earlier=stored.card_partials,
+                ),
+            )
+            if run_parts is not None:
+                run_parts(spec, plan, parts)
+            else:
+                written = write_parts(
+                    spec,
+                    plan,
+                    parts,
+                    spill,
+                    storage,
+                    workers=workers,
+                    workdir=Path(tmp),
+                    samples=samples,
+                )
+            timings["write_s"] = time.perf_counter() - started
+            card = drawn.result()
         samples.say(f"{spec.name} {plan.version}: card at {storage.uri(card_key(spec.name, card))}")
     started = time.perf_counter()
     known = {**stored.latest, **written}

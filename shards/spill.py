@@ -33,6 +33,13 @@ class Spill:
     anchor: str
     ranges: list[tuple[int, int] | None] = field(default_factory=list)
 
+    def schema(self) -> pa.Schema | None:
+        """The spilled batches' schema (None when no batch was spilled)."""
+        if not self.path.exists():
+            return None
+        with pa.memory_map(str(self.path)) as source:
+            return pa.ipc.open_file(source).schema
+
     def batches(
         self, start: datetime | None = None, end: datetime | None = None
     ) -> Iterator[pa.RecordBatch]:

@@ -13,10 +13,17 @@ import pyarrow.compute as pc
 import pytest
 
 from flows.publish.publishing import card_uri
-from shards.card import summarize
+from shards.card import (
+    CardInputs,
+    Partials,
+    group_partials,
+    summarize,
+    version_partials,
+)
 from shards.definition import PublishSpec, TimeSplit
 from shards.manifest import card_files, card_key
 from shards.publisher import PublishResult, plan_publication, publish
+from shards.spill import Spill, SpillWriter
 from shards.storage import LocalStorage, open_storage
 from tests.shards.synthetic import flights_publish_spec, synthetic_gold
 
@@ -82,7 +89,7 @@ def test_a_published_version_lists_its_card_files_with_their_sha256(
         assert entry["path"].startswith(f"{result.version}/card/")
         data = (dataset / entry["path"]).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
-        assert entry["path"].endswith(".md") or data.startswith(PNG)
+        assert entry["path"].endswith((".md", ".json.gz")) or data.startswith(PNG)
     assert set(_card(lake, result)) == set(names)  # nothing unlisted in the folder
     assert result.manifest["card"]["path"] == f"{result.version}/card/card.md"
     storage = LocalStorage(lake)
@@ -149,7 +156,21 @@ def _rows(values: dict[str, list[Any]]) -> pa.Table:
     )
 
 
-def test_summaries_count_missing_values_histograms_and_top_values_per_split():
+def _spilled(table: pa.Table, spec: PublishSpec, folder: Path, rows: int = 128) -> Spill:
+    writer = SpillWriter(folder / "spill.arrow", spec.anchor)
+    for _ in writer.through(table.to_batches(max_chunksize=rows)):
+        pass
+    return writer.spill
+
+
+def _summary(spec: PublishSpec, table: pa.Table, folder: Path, rows: int = 128):
+    spill = _spilled(table, spec, folder, rows)
+    plan = plan_publication(spec, spill.batches())
+    inputs = CardInputs.of(spec, plan, table.schema)
+    return plan, inputs, spill, version_partials(spec, plan, inputs, spill.batches)
+
+
+def test_summaries_count_missing_values_histograms_and_top_values_per_split(tmp_path: Path):
     spec = PublishSpec(
         name="tiny",
         source="gold.tiny",
@@ -178,7 +199,8 @@ def test_summaries_count_missing_values_histograms_and_top_values_per_split():
             "c": ["x", None, "x", "z", "x"],
         }
     )
-    summary = summarize(spec, lambda: table.to_batches(max_chunksize=2))
+    _, inputs, _, partials = _summary(spec, table, tmp_path, rows=2)
+    summary = summarize(spec, inputs, partials)
 
     assert summary.counts == {"early": 2, "late": 2}  # "e" is outside every split
     assert summary.label_rate == {"early": 0.5, "late": 1.0}
@@ -191,7 +213,9 @@ def test_summaries_count_missing_values_histograms_and_top_values_per_split():
     }
     n, k = summary.numeric
     assert (n.low, n.high, n.mean) == (1.0, 4.0, {"early": 1.0, "late": 4.0})
-    assert sum(n.counts["early"]) == 1 and n.counts["late"][-1] == 1
+    # the train split's range (one value: one bin), then whole bins up to the late 4.0
+    assert n.edges == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert n.counts == {"early": [1, 0, 0, 0], "late": [0, 0, 0, 1]}
     assert k.edges == [2.5, 3.5, 4.5, 5.5]  # integers: one bin per value
     assert k.counts == {"early": [2, 0, 0], "late": [0, 0, 1]}
     [c] = summary.categorical
@@ -201,3 +225,52 @@ def test_summaries_count_missing_values_histograms_and_top_values_per_split():
         {"early": 0, "late": 0},
     )
     assert c.distinct == {"early": 1, "late": 2}
+
+
+def test_a_histogram_spans_the_train_range_in_twenty_bins_and_extends_to_other_splits(
+    gold: pa.Table, tmp_path: Path
+):
+    plan, inputs, _, partials = _summary(SPEC, gold, tmp_path)
+    [distance] = [f for f in summarize(SPEC, inputs, partials).numeric if f.feature == "distance"]
+    train = plan.statistics["numeric"]["distance"]
+    width = (train["max"] - train["min"]) / 20
+    first = round((distance.edges[0] - train["min"]) / width)
+    assert math.isclose(distance.edges[-first], train["min"])
+    assert distance.edges[0] <= distance.low and distance.high <= distance.edges[-1]
+    assert sum(distance.counts["train"][: -first or None]) == sum(distance.counts["train"])
+    for split in SPEC.split_names:
+        assert sum(distance.counts[split]) == distance.present[split]
+
+
+def test_merged_group_partials_give_the_same_summary_as_summarizing_all_rows_at_once(
+    gold: pa.Table, tmp_path: Path
+):
+    plan, inputs, spill, whole = _summary(SPEC, gold, tmp_path)
+    halves = [plan.groups[::2], plan.groups[1::2]]
+    pieces = [group_partials(SPEC, plan, inputs, spill.batches, half) for half in halves]
+    merged = pieces[0].plus(pieces[1])
+    assert summarize(SPEC, inputs, merged) == summarize(SPEC, inputs, whole)
+    assert Partials.from_json(whole.to_json()).to_json() == whole.to_json()
+
+
+def test_a_new_version_reads_and_summarizes_only_the_rows_of_groups_no_earlier_version_had(
+    gold: pa.Table, tmp_path: Path
+):
+    plan, inputs, spill, earlier = _summary(SPEC, gold, tmp_path)
+    read: list[int] = []
+
+    def batches(start, end):
+        for batch in spill.batches(start, end):
+            read.append(batch.num_rows)
+            yield batch
+
+    # an earlier version without the last period's groups: only their rows are read again
+    last = max(g.period for g in plan.groups)
+    new = [g for g in plan.groups if g.period == last]
+    without = earlier.of_groups(inputs.group_key(g) for g in plan.groups if g not in new)
+    again = version_partials(SPEC, plan, inputs, batches, without)
+    assert summarize(SPEC, inputs, again) == summarize(SPEC, inputs, earlier)
+    assert sum(read) == sum(g.rows for g in new) < gold.num_rows
+    read.clear()
+    version_partials(SPEC, plan, inputs, batches, earlier)
+    assert read == []  # nothing new: nothing read
