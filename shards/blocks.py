@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 
 from shards.encoding import EncodedBatch
 from shards.litdata_writer import INDEX_FILENAME, binary_writer_config
-from shards.tar_writer import BLOCK, RECORD, ShardFile, ustar_headers
+from shards.tar_writer import BLOCK, ShardFile, TarFiles, ustar_headers
 
 log = logging.getLogger(__name__)
 
@@ -343,15 +343,14 @@ class BlockTarShardWriter:
         *,
         cache: BlockCache | None = None,
     ):
-        self.directory = directory
         self.blocks_per_shard = math.ceil(samples_per_shard / block_rows)
-        self.on_shard = on_shard
-        self.files: list[ShardFile] = []
+        self._tar = TarFiles(directory, on_shard)
         self._stream = BlockStream(block_rows, cache)
-        self._handle: Any = None
         self._blocks = 0
-        self._count = 0
-        self._bytes = 0
+
+    @property
+    def files(self) -> list[ShardFile]:
+        return self._tar.files
 
     def write(self, batch: EncodedBatch) -> None:
         for block in self._stream.add(batch):
@@ -360,45 +359,20 @@ class BlockTarShardWriter:
     def close(self) -> list[ShardFile]:
         for block in self._stream.rest():
             self._write_block(block)
-        if self._handle is not None:
-            self._finish()
+        self._tar.finish()
         return self.files
 
     def _write_block(self, block: EncodedBlock) -> None:
         data = block.data
         suffix = f".{BLOCK_EXTENSION}".encode()
         header = ustar_headers(block.first_id, suffix, np.array([len(data)]))
-        padding = -len(data) % BLOCK
-        if self._handle is None:
-            self._open()
-        self._handle.write(header.tobytes())
-        self._handle.write(data)
-        self._handle.write(b"\0" * padding)
-        self._bytes += BLOCK + len(data) + padding
-        self._count += block.rows
+        self._tar.add(header.tobytes(), 0)
+        self._tar.add(data, block.rows)
+        self._tar.add(b"\0" * (-len(data) % BLOCK), 0)
         self._blocks += 1
         if self._blocks == self.blocks_per_shard:
-            self._finish()
-
-    def _path(self, index: int) -> Path:
-        return self.directory / f"shard-{index:06d}.tar"
-
-    def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._handle = self._path(len(self.files)).open("wb")
-        self._blocks = self._count = self._bytes = 0
-
-    def _finish(self) -> None:
-        end = 2 * BLOCK  # two zero blocks, then zero padding to the record size, as tarfile
-        end += -(self._bytes + end) % RECORD
-        self._handle.write(b"\0" * end)
-        self._handle.close()
-        self._handle = None
-        path = self._path(len(self.files))
-        self.files.append(ShardFile(path.name, self._count))
-        log.info("wrote %s (%d blocks, %d examples)", path, self._blocks, self._count)
-        if self.on_shard is not None:
-            self.on_shard(path, self._count)
+            self._tar.finish()
+            self._blocks = 0
 
 
 # --- LitData -------------------------------------------------------------------------------

@@ -378,6 +378,65 @@ class ShardFile:
     count: int
 
 
+class TarFiles:
+    """Numbered tar shards in one folder (``shard-000000.tar``, ...): the open one takes
+    members' bytes (whole 512-byte blocks) until :meth:`finish` ends it as tarfile does.
+
+    With ``writes`` the file writes run on its background thread; ``on_shard(path, count)``
+    is called (on the caller's thread) once a shard is complete on disk.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        on_shard: Callable[[Path, int], None] | None = None,
+        writes: BackgroundWrites | None = None,
+    ):
+        self.directory = directory
+        self.on_shard = on_shard
+        self.writes = writes
+        self.files: list[ShardFile] = []
+        self.count = 0  # samples (or examples) in the open shard
+        self._handle: BinaryIO | None = None
+        self._bytes = 0
+
+    def add(self, data: bytes | memoryview, count: int) -> None:
+        """Append ``data`` (holding ``count`` samples) to the open shard, opening one if none."""
+        if self._handle is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._handle = self._path(len(self.files)).open("wb")
+            self.count = self._bytes = 0
+        self._write(self._handle.write, data)
+        self._bytes += len(data)
+        self.count += count
+
+    def finish(self) -> None:
+        """End the open shard (if any): two zero blocks, then zeros to the record size."""
+        if self._handle is None:
+            return
+        end = 2 * BLOCK
+        end += -(self._bytes + end) % RECORD
+        self._write(self._handle.write, b"\0" * end)
+        self._write(self._handle.close)
+        self._handle = None
+        path = self._path(len(self.files))
+        self.files.append(ShardFile(path.name, self.count))
+        log.info("wrote %s (%d samples)", path, self.count)
+        if self.on_shard is not None:
+            if self.writes is not None:
+                self.writes.wait()
+            self.on_shard(path, self.count)
+
+    def _write(self, call: Callable[..., Any], *args: Any) -> None:
+        if self.writes is not None:
+            self.writes.submit(call, *args)
+        else:
+            call(*args)
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"shard-{index:06d}.tar"
+
+
 class TarShardWriter:
     """Writes one split's samples into ``shard-000000.tar``, ``shard-000001.tar``, ...
 
@@ -391,59 +450,29 @@ class TarShardWriter:
         samples_per_shard: int,
         on_shard: Callable[[Path, int], None] | None = None,
     ):
-        self.directory = directory
         self.samples_per_shard = samples_per_shard
-        self.on_shard = on_shard
-        self.files: list[ShardFile] = []
         self._writes = BackgroundWrites()
-        self._handle: BinaryIO | None = None
-        self._count = 0
-        self._bytes = 0
+        self._tar = TarFiles(directory, on_shard, self._writes)
+
+    @property
+    def files(self) -> list[ShardFile]:
+        return self._tar.files
 
     def write(self, batch: EncodedBatch) -> None:
         for start in range(0, len(batch), SLICE):
             self._write_samples(encode_tar_samples(batch.slice(start, start + SLICE)))
 
     def close(self) -> list[ShardFile]:
-        if self._handle is not None:
-            self._finish()
+        self._tar.finish()
         self._writes.close()
         return self.files
 
     def _write_samples(self, samples: TarSamples) -> None:
         start, n = 0, len(samples.offsets) - 1
         while start < n:
-            if self._handle is None:
-                self._open()
-            assert self._handle is not None
-            take = min(self.samples_per_shard - self._count, n - start)
+            take = min(self.samples_per_shard - self._tar.count, n - start)
             lo, hi = int(samples.offsets[start]), int(samples.offsets[start + take])
-            self._writes.submit(self._handle.write, memoryview(samples.data[lo:hi]))
-            self._bytes += hi - lo
-            self._count += take
+            self._tar.add(memoryview(samples.data[lo:hi]), take)
             start += take
-            if self._count == self.samples_per_shard:
-                self._finish()
-
-    def _path(self, index: int) -> Path:
-        return self.directory / f"shard-{index:06d}.tar"
-
-    def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._handle = self._path(len(self.files)).open("wb")
-        self._count = 0
-        self._bytes = 0
-
-    def _finish(self) -> None:
-        assert self._handle is not None
-        end = 2 * BLOCK
-        end += -(self._bytes + end) % RECORD
-        self._writes.submit(self._handle.write, b"\0" * end)
-        self._writes.submit(self._handle.close)
-        self._handle = None
-        path = self._path(len(self.files))
-        self.files.append(ShardFile(path.name, self._count))
-        log.info("wrote %s (%d samples)", path, self._count)
-        if self.on_shard is not None:
-            self._writes.wait()
-            self.on_shard(path, self._count)
+            if self._tar.count == self.samples_per_shard:
+                self._tar.finish()
