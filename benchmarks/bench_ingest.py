@@ -7,8 +7,14 @@ has PostgreSQL check only what the client could not settle.
 
 Each load runs in its own subprocess against its own fresh database on one embedded
 PostgreSQL, so peak memory (max RSS) is per method; Python modules are loaded before the
-clock starts. Prints rows/s and ratios against `psql \\copy` measured in the same run.
-Usage: python benchmarks/bench_ingest.py [--no-pandas]
+clock starts. Prints rows/s and ratios against `psql \\copy` measured in the same round,
+the CPU seconds of the client (the load's process and its children: psql) and of the
+server (PostgreSQL's backends that ended meanwhile: the load's connections, and any
+autovacuum worker), which depend less than seconds on other work on the machine, and the
+load average as each load starts. The 10x file is loaded in ROUNDS rounds (pandas in the
+first only), each method once per round, one after the other; the summary gives each
+method's median and range over the rounds.
+Usage: python benchmarks/bench_ingest.py [--no-pandas] [--rounds N]
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -65,15 +73,30 @@ def new_database(server_url: str, name: str) -> str:
     return server_url.replace("/postgres?", f"/{name}?")
 
 
-def run_child(method: str, url: str, path: Path, lake: Path) -> dict:
-    """Run one load in a subprocess; returns its seconds and the child's peak RSS."""
+def ended_backends_cpu(pgdata: Path) -> float:
+    """CPU seconds (user + system) of the PostgreSQL processes that have ended (the
+    postmaster's reaped children: a connection's backend once it closes), from /proc."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[13:15]) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+
+def run_child(method: str, url: str, path: Path, lake: Path, pgdata: Path) -> dict:
+    """Run one load in a subprocess; returns its seconds, the child's peak RSS and CPU
+    seconds, the CPU seconds of the backends it used, and the load average as it started."""
+    load = os.getloadavg()[0]
+    server_before = ended_backends_cpu(pgdata)
     out = subprocess.run(
         [sys.executable, __file__, "--child", method, url, str(path), str(lake)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    time.sleep(0.3)  # the load's backends exit once it disconnects
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["server_cpu"] = ended_backends_cpu(pgdata) - server_before
+    result["load"] = load
+    return result
 
 
 def psql_copy(url: str, path: Path, columns: list[str]) -> None:
@@ -116,6 +139,8 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         # shardyard's modules are loaded before the clock starts, as in a worker process
         # that lands many drops (and as psycopg is for every method).
         importlib.import_module("flows.ingest.files")
+    ready = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = ready.ru_utime + ready.ru_stime
     started = time.perf_counter()
     note = ""
     if method in ("psql", "psql+gate"):
@@ -138,20 +163,42 @@ def child(method: str, url: str, path: Path, lake: Path) -> None:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame.to_sql("flights_pandas", engine, index=False, chunksize=100_000)
     seconds = time.perf_counter() - started
-    # psql runs as this process's child: count whichever process peaked higher.
-    peak = (
-        max(
-            resource.getrusage(who).ru_maxrss
-            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    # psql runs as this process's child: count whichever process peaked higher, and both CPUs.
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    peak = max(u.ru_maxrss for u in usage) / 1024
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage) - cpu_before
+    print(json.dumps({"seconds": seconds, "self_peak_mb": peak, "client_cpu": cpu, "note": note}))
+
+
+@dataclass
+class Load:
+    method: str
+    seconds: float
+    vs_psql: float
+    client_cpu: float
+    server_cpu: float
+
+
+def summary(loads: list[Load], methods: list[str], rows: int) -> None:
+    """Each method's median over the rounds, and the range of its ratio to psql."""
+    print(f"\nmedian of each method's loads of the 10x file ({rows:,} rows):")
+    for method in methods:
+        mine = [load for load in loads if load.method == method]
+        ratios = [load.vs_psql for load in mine]
+        print(
+            f"  {method:<10} {statistics.median(load.seconds for load in mine):>6.2f} s"
+            f"{rows / statistics.median(load.seconds for load in mine):>12,.0f} rows/s"
+            f"{statistics.median(ratios):>7.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}, "
+            f"{len(mine)} loads)  client CPU "
+            f"{statistics.median(load.client_cpu for load in mine):.2f} s, server CPU "
+            f"{statistics.median(load.server_cpu for load in mine):.2f} s"
         )
-        / 1024
-    )
-    print(json.dumps({"seconds": seconds, "self_peak_mb": peak, "note": note}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-pandas", action="store_true", help="skip the slow pandas loads")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of loads of the 10x file")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "URL", "PATH", "LAKE"))
     args = parser.parse_args()
     if args.child:
@@ -166,25 +213,39 @@ def main() -> None:
         workdir = Path(tmp)
         server = pgserver.get_server(workdir / "pgdata", cleanup_mode="stop")
         base = flights_csv(workdir)
-        files = [base, replicated(base, 10)]
+        big = replicated(base, 10)
         print(
             f"{'file':<18}{'rows':>12}  {'method':<10}{'seconds':>9}{'rows/s':>12}"
-            f"{'vs psql':>9}{'peak MB':>9}"
+            f"{'vs psql':>9}{'CPU s':>7}{'server':>7}{'load':>6}{'peak MB':>9}"
         )
-        for path in files:
+        loads: list[Load] = []
+        for path, rounds in ((base, 1), (big, args.rounds)):
             rows = count_rows(path)
-            baseline = None
-            for method in methods:
-                url = new_database(server.get_uri(), f"bench_{method}")
-                result = run_child(method, url, path, workdir / "lake")
-                rate = rows / result["seconds"]
-                baseline = baseline or rate
-                print(
-                    f"{path.name:<18}{rows:>12,}  {method:<10}{result['seconds']:>9.2f}"
-                    f"{rate:>12,.0f}{rate / baseline:>8.2f}x{result['self_peak_mb']:>9.0f}"
-                    f"  {result['note']}",
-                    flush=True,
-                )
+            for round_ in range(rounds):
+                baseline = None
+                for method in methods if round_ == 0 else [m for m in methods if m != "pandas"]:
+                    url = new_database(server.get_uri(), f"bench_{method}")
+                    result = run_child(method, url, path, workdir / "lake", workdir / "pgdata")
+                    rate = rows / result["seconds"]
+                    baseline = baseline or rate
+                    print(
+                        f"{path.name:<18}{rows:>12,}  {method:<10}{result['seconds']:>9.2f}"
+                        f"{rate:>12,.0f}{rate / baseline:>8.2f}x{result['client_cpu']:>7.2f}"
+                        f"{result['server_cpu']:>7.2f}{result['load']:>6.1f}"
+                        f"{result['self_peak_mb']:>9.0f}  {result['note']}",
+                        flush=True,
+                    )
+                    if path is big:
+                        loads.append(
+                            Load(
+                                method,
+                                result["seconds"],
+                                rate / baseline,
+                                result["client_cpu"],
+                                result["server_cpu"],
+                            )
+                        )
+        summary(loads, [m for m in methods if m != "pandas"], count_rows(big))
         server.cleanup()
 
 

@@ -2,7 +2,10 @@
 
 ``ingest_file`` is the whole story for one file: fetch and fingerprint it, skip it if this
 content already landed, stream it into a new batch table with COPY while the client screen
-(:mod:`flows.ingest.screening`) checks the same bytes in a thread, run the contract gate
+(:mod:`flows.ingest.screening`) checks the same bytes in a thread (and, for a local file,
+another thread computes its SHA-256: a file not seen before is only known to be new content
+once the COPY is done, and if it turns out to have landed before under another name, the
+load is rolled back and the file skipped), run the contract gate
 (which checks in SQL only what the screen could not settle), write the gate's JSON report,
 and attach the batch only if every rule passed. The verdict is reached inside the loading
 transaction and the batch is all or nothing: any failure rolls the transaction back. Every
@@ -30,7 +33,7 @@ from flows.ingest import landing
 from flows.ingest.contracts import GateReport, RuleResult, Verdict, evaluate
 from flows.ingest.readers import FileRejected, open_copy_stream
 from flows.ingest.screening import ClientScreen
-from flows.ingest.sources import SourceError, SourceFile, fetch_source, source_files
+from flows.ingest.sources import Fingerprint, SourceError, SourceFile, fetch_source, source_files
 from flows.settings import Settings
 from flows.specs import DatasetSpec, TableSpec, load_spec
 from shards.progress import Step
@@ -104,8 +107,9 @@ def rejection_report(
     )
 
 
-def _stamp(spec: DatasetSpec, batch_id: str, source: SourceFile) -> landing.BatchStamp:
-    now = datetime.now(UTC)
+def _stamp(
+    spec: DatasetSpec, batch_id: str, source: SourceFile, now: datetime
+) -> landing.BatchStamp:
     governance = spec.governance
     return landing.BatchStamp(
         batch_id=batch_id,
@@ -203,7 +207,6 @@ def load_and_gate(
     conn: psycopg.Connection,
     table: str,
     source: SourceFile,
-    batch_id: str,
     table_spec: TableSpec,
     *,
     client_screen: bool = True,
@@ -223,7 +226,7 @@ def load_and_gate(
     loaded."""
     phases = {} if phases is None else phases
     stream = open_copy_stream(source, table_spec)
-    part = landing.create_partition(conn, table, batch_id)
+    part = landing.create_partition(conn, table)
     screen = ClientScreen(table_spec, stream) if client_screen else None
     try:
         streaming = StreamProgress(progress or (lambda _: None), source)
@@ -248,6 +251,10 @@ def load_and_gate(
     return GatedBatch(part, verdict)
 
 
+class _LandedBefore(Exception):
+    """The file just loaded holds content that had landed before (under another name)."""
+
+
 def land_source(
     settings: Settings,
     spec: DatasetSpec,
@@ -262,6 +269,12 @@ def land_source(
 ) -> BatchResult:
     """Land a local file as one immutable batch of ``raw.<table>`` (see :func:`ingest_file`).
 
+    Content that landed before is skipped. Whether it did is decided before loading when the
+    file's SHA-256 is known, or when a batch was loaded from the same URI and size (the same
+    drop again, most likely: it waits for the hash); otherwise the file loads while its
+    :class:`~flows.ingest.sources.Fingerprint` is computed, and is rolled back and skipped if
+    its content turns out to have landed before under another name.
+
     ``before_commit(conn, batch_id)`` runs in the landing transaction of a batch that loads,
     just before it commits: what must be recorded together with the batch (a source's
     watermark) or not at all. Rows identical to a row of one of ``seen_batches`` are left out
@@ -270,8 +283,11 @@ def land_source(
     run_id = run_id or uuid.uuid4().hex
     started = time.monotonic()
     started_at = datetime.now(UTC)
+
+    def batch_id() -> str:  # waits for the fingerprint, if it is still being computed
+        return batch_id_for(spec.name, table, source.sha256)
+
     with connect(settings) as conn:
-        batch_id = batch_id_for(spec.name, table, source.sha256)
         landing.ensure_meta(conn)
         landing.ensure_raw_table(conn, table, table_spec)
         conn.commit()
@@ -281,7 +297,7 @@ def land_source(
             return BatchResult(
                 spec.name,
                 table,
-                batch_id,
+                batch_id(),
                 source.uri,
                 source.sha256,
                 source.size,
@@ -296,7 +312,7 @@ def land_source(
         def record(status: str, rows: int | None, reason: str | None, report_uri: str | None):
             landing.record_batch(
                 conn,
-                batch_id=batch_id,
+                batch_id=batch_id(),
                 dataset=spec.name,
                 table_name=table,
                 source_uri=source.uri,
@@ -315,29 +331,44 @@ def land_source(
                 retention_until=spec.governance.retention_until(started_at.date()),
             )
 
+        def landed_before() -> bool:
+            existing = landing.loaded_batch(conn, table, source.sha256)
+            if existing:
+                log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
+            return existing is not None
+
         landing.lock_table(conn, table)
-        existing = landing.loaded_batch(conn, table, source.sha256)
-        if existing:
+        decided = not isinstance(source.digest, Fingerprint) or landing.landed_from(
+            conn, table, source.uri, source.size
+        )
+        if decided and landed_before():
             conn.rollback()
-            log.info("%s: already landed as batch %s; nothing to do", source.uri, existing[0])
             return outcome("skipped", 0)
-        stamp = _stamp(spec, batch_id, source)
+
+        def stamp(part: sql.Identifier) -> None:
+            if not decided and landed_before():
+                raise _LandedBefore
+            batch = _stamp(spec, batch_id(), source, started_at)
+            landing.stamp_partition(conn, table, part, batch)
+
         try:
             gated = load_and_gate(
                 conn,
                 table,
                 source,
-                batch_id,
                 table_spec,
                 client_screen=client_screen,
                 progress=progress,
                 seen_batches=seen_batches,
                 phases=phases,
-                after_copy=lambda _: landing.stamp_partition(conn, table, stamp),
+                after_copy=stamp,
             )
+        except _LandedBefore:
+            conn.rollback()
+            return outcome("skipped", 0)
         except FileRejected as error:
             conn.rollback()
-            report = rejection_report(spec, table, batch_id, source, error)
+            report = rejection_report(spec, table, batch_id(), source, error)
             report_uri = write_report(settings, report)
             record("rejected", None, str(error), report_uri)
             conn.commit()
@@ -351,7 +382,7 @@ def land_source(
         report = GateReport(
             spec.name,
             table,
-            batch_id,
+            batch_id(),
             source.uri,
             source.sha256,
             rows,
@@ -365,12 +396,12 @@ def land_source(
             record("rejected", rows, str(violation), report_uri)
             conn.commit()
             raise violation
-        landing.finish_partition(conn, table, gated.part, batch_id)
+        landing.finish_partition(conn, table, gated.part, batch_id())
         record("loaded", rows, None, report_uri)
         if before_commit is not None:
-            before_commit(conn, batch_id)
+            before_commit(conn, batch_id())
         conn.commit()
-    log.info("%s: landed %s rows in raw.%s as batch %s", source.uri, rows, table, batch_id)
+    log.info("%s: landed %s rows in raw.%s as batch %s", source.uri, rows, table, batch_id())
     return outcome("loaded", rows, report_uri)
 
 

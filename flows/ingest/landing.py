@@ -7,7 +7,8 @@ transaction rolls back and leaves nothing behind. Data columns are ``text``: val
 exactly as received, and COPY streams the file's bytes untouched.
 
 A batch's provenance and governance values are the same on every row, so they are not
-written row by row: the batch table is loaded with its data columns and record number only,
+written row by row: the batch table is loaded with its data columns and record number only
+(under a name of its own: its batch id, a hash of the file, is computed while it loads),
 and the constant columns are added afterwards with their value as the column default, which
 PostgreSQL keeps once in the catalog (a "fast default") instead of in each row. That halves
 the bytes a load writes. Stamping reads every row once (to validate the CHECK that spares
@@ -20,7 +21,10 @@ quoted, values always passed as literals or parameters.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -128,6 +132,19 @@ def loaded_batch(conn: psycopg.Connection, table: str, sha256: str) -> tuple[str
     return (row[0], row[1]) if row else None
 
 
+def landed_from(conn: psycopg.Connection, table: str, source_uri: str, size: int) -> bool:
+    """Whether a batch of ``raw.<table>`` was loaded from a file at this URI of this size:
+    most likely the same drop again, worth fingerprinting before it is loaded."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT 1 FROM {} WHERE table_name = %s AND source_uri = %s AND bytes = %s "
+            "AND status = 'loaded' LIMIT 1"
+        ).format(relation(INGEST_BATCHES)),
+        (table, source_uri, size),
+    ).fetchone()
+    return row is not None
+
+
 def partition_name(table: str, batch_id: str) -> str:
     return f"{table}__{batch_id}"
 
@@ -142,33 +159,30 @@ def _data_columns(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]
     ).fetchall()
 
 
-def create_partition(conn: psycopg.Connection, table: str, batch_id: str) -> sql.Identifier:
+def create_partition(conn: psycopg.Connection, table: str) -> sql.Identifier:
     """An empty table with the data columns of ``raw.<table>`` and the record number, which
-    a sequence numbers in file order as COPY writes the rows."""
-    name = partition_name(table, batch_id)
-    part = sql.Identifier(RAW, name)
-    sequence = f"{RAW}.{name}_seq"
-    conn.execute(
-        sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(sql.Identifier(RAW, f"{name}_seq"))
-    )
+    an identity numbers in file order as COPY writes the rows. It has a name of its own while
+    it loads (the batch id, a hash of the file, may still be being computed) and takes its
+    batch's name when it is attached (:func:`finish_partition`)."""
+    part = sql.Identifier(RAW, f"{table}__loading_{uuid.uuid4().hex[:12]}")
     columns = [
         sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(kind))
         for column, kind in _data_columns(conn, table)
     ]
     columns.append(
-        sql.SQL("_record_no {} DEFAULT nextval({})").format(
-            _provenance_type("_record_no"), sql.Literal(sequence)
+        sql.SQL("_record_no {} GENERATED ALWAYS AS IDENTITY (CACHE 10000)").format(
+            _provenance_type("_record_no")
         )
     )
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(part, sql.SQL(", ").join(columns)))
     return part
 
 
-def stamp_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) -> None:
+def stamp_partition(
+    conn: psycopg.Connection, table: str, part: sql.Identifier, stamp: BatchStamp
+) -> None:
     """Add the batch's constant columns as catalog defaults (no rewrite of the loaded rows),
     and the CHECK matching the partition bound, so ATTACH PARTITION need not scan again."""
-    name = partition_name(table, stamp.batch_id)
-    part = sql.Identifier(RAW, name)
     values = stamp.defaults()
     added = [
         sql.SQL("ADD COLUMN {} {} DEFAULT {}").format(
@@ -178,7 +192,7 @@ def stamp_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) -> 
     ]
     added.append(
         sql.SQL("ADD CONSTRAINT {} CHECK (_batch_id IS NOT NULL AND _batch_id = {})").format(
-            sql.Identifier(f"{name}_bound"),
+            sql.Identifier(f"{partition_name(table, stamp.batch_id)}_bound"),
             sql.Literal(stamp.batch_id),
         )
     )
@@ -186,6 +200,23 @@ def stamp_partition(conn: psycopg.Connection, table: str, stamp: BatchStamp) -> 
     # The values stay with the rows; the defaults must not stamp anything written later.
     dropped = [sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(c)) for c in values]
     conn.execute(sql.SQL("ALTER TABLE {} {}").format(part, sql.SQL(", ").join(dropped)))
+
+
+# Bytes the kernel may hold on their way to the server during a COPY (capped by the system's
+# limit: net.core.wmem_max on Linux). See widen_send_buffer.
+COPY_SEND_BUFFER = 4 << 20
+
+
+def widen_send_buffer(conn: psycopg.Connection, size: int = COPY_SEND_BUFFER) -> None:
+    """Let the connection's socket hold ``size`` bytes on their way to the server. A COPY
+    that the client screen's threads share two cores with stalls whenever the server has
+    read all the socket holds (about 200 kB by default: 2 ms of work) and this process is
+    still waiting for a core to send more; a deeper buffer keeps the server reading."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:  # closes only the dup
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError as error:  # a socket that takes no such option: COPY works all the same
+        log.debug("cannot widen the send buffer of the connection: %s", error)
 
 
 def copy_batch(
@@ -202,6 +233,7 @@ def copy_batch(
     )
     sent = 0
     started = time.monotonic()
+    widen_send_buffer(conn)
     try:
         with conn.cursor() as cur:
             with cur.copy(statement) as copy:
@@ -264,13 +296,14 @@ def drop_seen_rows(
 def finish_partition(
     conn: psycopg.Connection, table: str, part: sql.Identifier, batch_id: str
 ) -> None:
-    """Drop the loader's sequence and attach the batch to ``raw.<table>``."""
+    """Stop numbering records, name the batch table after its batch and attach it to
+    ``raw.<table>``."""
     name = partition_name(table, batch_id)
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN _record_no DROP DEFAULT").format(part))
-    conn.execute(sql.SQL("DROP SEQUENCE {}").format(sql.Identifier(RAW, f"{name}_seq")))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN _record_no DROP IDENTITY").format(part))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(part, sql.Identifier(name)))
     conn.execute(
         sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-            sql.Identifier(RAW, table), part, sql.Literal(batch_id)
+            sql.Identifier(RAW, table), sql.Identifier(RAW, name), sql.Literal(batch_id)
         )
     )
 

@@ -1,5 +1,9 @@
 """File drops: find a source by URI, fetch it to local disk, fingerprint it, open its data.
 
+A local file is fingerprinted (SHA-256) in a thread of its own while it is landed
+(:class:`Fingerprint`): hashing it first would make every load wait for a read of the whole
+file; an S3 object is hashed while it downloads.
+
 A file's URI is a local path, ``s3://bucket/key`` (any S3 endpoint) or
 ``package://<package>/<path>`` for a file shipped inside an installed Python package (found
 without importing the package). ``.gz`` and single-member ``.zip`` files are decompressed
@@ -18,6 +22,7 @@ import hashlib
 import importlib
 import importlib.util
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,15 +54,46 @@ class SourceError(ValueError):
     """A source file cannot be found, fetched or read."""
 
 
+class Fingerprint:
+    """The SHA-256 of a local file, computed in a thread from the moment this is made, so
+    that whatever else reads the file (COPY) need not wait for it; :meth:`hexdigest` waits."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._digest: str | None = None
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._hash, name="fingerprint", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                self._digest = sha256_of(handle)  # hashlib and reads release the GIL
+        except OSError as error:
+            self._error = error
+
+    def hexdigest(self) -> str:
+        self._thread.join()
+        if self._digest is None:
+            raise SourceError(f"{self.path}: cannot read it to fingerprint it ({self._error})")
+        return self._digest
+
+
 @dataclass(frozen=True)
 class SourceFile:
-    """A fetched file drop: where it came from, its local copy and its fingerprint."""
+    """A fetched file drop: where it came from, its local copy and its fingerprint (the
+    SHA-256, or a :class:`Fingerprint` still computing it)."""
 
     uri: str
     path: Path
-    sha256: str
+    digest: str | Fingerprint
     size: int
     format: FileFormat | None = None  # when the name does not tell (a database read)
+
+    @property
+    def sha256(self) -> str:
+        """The file's SHA-256 (waits for a fingerprint still being computed)."""
+        return self.digest if isinstance(self.digest, str) else self.digest.hexdigest()
 
     @property
     def name(self) -> str:
@@ -125,7 +161,8 @@ def fetch_source(uri: str, settings: Settings) -> Iterator[SourceFile]:
     """Make a source available as a local file for the duration of the block.
 
     S3 objects are downloaded to a temporary file (memory stays bounded by the transfer
-    buffer); local and package files are read in place.
+    buffer) and hashed meanwhile; local and package files are read in place and hashed in a
+    thread (:class:`Fingerprint`).
     """
     if is_s3_url(uri):
         from botocore.exceptions import ClientError
@@ -143,9 +180,7 @@ def fetch_source(uri: str, settings: Settings) -> Iterator[SourceFile]:
         return
     path = _local_file(uri)
     canonical = uri if uri.startswith("package://") else str(path.resolve())
-    with path.open("rb") as handle:
-        sha256 = sha256_of(handle)
-    yield SourceFile(canonical, path, sha256, path.stat().st_size)
+    yield SourceFile(canonical, path, Fingerprint(path), path.stat().st_size)
 
 
 class DropWriter(Protocol):

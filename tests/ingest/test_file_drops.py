@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import socket
 from pathlib import Path
 
 import psycopg
@@ -9,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flows.ingest import landing
 from flows.ingest.files import ingest_file
 from flows.settings import Settings
 
@@ -43,6 +46,37 @@ def test_a_csv_file_lands_as_one_batch_and_the_same_content_again_adds_nothing(
     assert _rows(settings, "SELECT faa, name FROM raw.airports ORDER BY _record_no") == [
         ("04G", "Lansdowne Airport"),
         ("06A", "Moton Field, Municipal"),
+    ]
+
+
+def test_content_that_landed_under_another_name_is_rolled_back_and_skipped(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A local file not seen before loads while its SHA-256 is computed in a thread; content
+    that turns out to have landed before (here from another path) is rolled back and skipped.
+    A file from a URI and of a size that landed before is hashed first and never loaded."""
+    first = ingest_file(
+        settings, "flights", "airports", str(_airports_csv(tmp_path / "a.csv", AIRPORTS))
+    )
+    copied = tmp_path / "copy.csv"
+    copied.write_bytes((tmp_path / "a.csv").read_bytes())
+    again = ingest_file(settings, "flights", "airports", str(copied))
+    rerun = ingest_file(settings, "flights", "airports", str(tmp_path / "a.csv"))
+
+    assert (again.status, again.batch_id, again.sha256) == ("skipped", first.batch_id, first.sha256)
+    assert again.copy_s is not None  # loaded before its content was known
+    assert (rerun.status, rerun.batch_id, rerun.copy_s) == ("skipped", first.batch_id, None)
+    assert _rows(settings, "SELECT _batch_id, count(*) FROM raw.airports GROUP BY 1") == [
+        (first.batch_id, 2)
+    ]
+    # One batch table, named after its batch; no loading table or identity sequence is left.
+    assert _rows(
+        settings,
+        "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'raw'::regnamespace "
+        "AND relname LIKE 'airports\\_\\_%'",
+    ) == [(f"airports__{first.batch_id}", "r")]
+    assert _rows(settings, "SELECT status, count(*) FROM meta.ingest_batches GROUP BY 1") == [
+        ("loaded", 1)
     ]
 
 
@@ -176,6 +210,19 @@ def test_an_interrupted_copy_leaves_no_partial_batch(
     assert _rows(settings, "SELECT count(*) FROM meta.ingest_batches WHERE status = 'loaded'") == [
         (0,)
     ]
+
+
+def test_a_copy_widens_the_send_buffer_of_its_connection(database_url: str) -> None:
+    """The kernel may hold more of a COPY on its way to the server than by default (up to
+    the system's limit), so the server keeps reading while the client waits for a core."""
+    size = 1 << 20
+    limit = Path("/proc/sys/net/core/wmem_max")
+    expected = min(size, int(limit.read_text())) if limit.exists() else size
+    with psycopg.connect(database_url) as conn:
+        landing.widen_send_buffer(conn, size)
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= expected
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection works on
 
 
 def test_a_long_load_says_how_far_it_got_and_a_short_one_stays_quiet(

@@ -68,7 +68,7 @@ def _gate(
     with conn.transaction(force_rollback=True):
         landing.ensure_raw_table(conn, "drop", table)
         try:
-            gated = load_and_gate(conn, "drop", source, "b1", table, client_screen=client_screen)
+            gated = load_and_gate(conn, "drop", source, table, client_screen=client_screen)
         except FileRejected as error:
             return ("rejected", str(error)), []
         assert gated is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 
 from flows.ingest.files import ContractViolation, FileRejected, ingest_file
-from flows.ingest.sources import SourceError, source_files
+from flows.ingest.sources import Fingerprint, SourceError, source_files
 from flows.settings import Settings
 from flows.stages import ingest_stage
 
@@ -117,3 +118,11 @@ def test_a_json_column_refuses_text_that_is_not_json(settings: Settings, tmp_pat
 
     with pytest.raises(FileRejected, match="rule type on column 'properties'"):
         ingest_file(settings, "events", "events", str(drop))
+
+
+def test_a_fingerprint_is_the_sha256_of_the_file_computed_in_a_thread(tmp_path: Path) -> None:
+    drop = tmp_path / "a.csv"
+    drop.write_bytes(b"carrier,name\n9E,Endeavor Air Inc.\n" * 100_000)
+    assert Fingerprint(drop).hexdigest() == hashlib.sha256(drop.read_bytes()).hexdigest()
+    with pytest.raises(SourceError, match="cannot read it to fingerprint it"):
+        Fingerprint(tmp_path / "gone.csv").hexdigest()
