@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 from sqlmesh import Context
+from sqlmesh.core import constants as c
 from sqlmesh.core.config import Config, GatewayConfig, ModelDefaultsConfig, PlanConfig
 from sqlmesh.core.config.common import TableNamingConvention
 from sqlmesh.core.config.connection import PostgresConnectionConfig
@@ -51,17 +52,26 @@ def connection_config(url: str) -> PostgresConnectionConfig:
         database=str(params.get("dbname") or "postgres"),
         sslmode=params.get("sslmode"),
         application_name="shardyard-transform",
-        # One task at a time: the machines have two cores and PostgreSQL does the work.
-        concurrent_tasks=1,
+        # Two tasks, one PostgreSQL backend each, for the machines' two cores: models that do
+        # not depend on each other (a dataset's reference tables, its large fact table) build
+        # and audit side by side. A chain (bronze -> silver -> gold) still runs one at a time.
+        concurrent_tasks=2,
         # The URL's own options come last: they override ours.
         options=" ".join(filter(None, [session_options(BUILD_SESSION), params.get("options")])),
     )
 
 
-def sqlmesh_config(settings: Settings) -> Config:
+def sqlmesh_config(settings: Settings, dataset: str | None = None) -> Config:
     """The SQLMesh project config for ``settings``: one PostgreSQL gateway, state in its own
     schema of the same database, short physical table names (PostgreSQL cuts identifiers at
-    63 characters), every model in every environment (virtual environments are complete)."""
+    63 characters), every model in every environment (virtual environments are complete).
+
+    Given a ``dataset``, the project holds only that dataset's models (those under
+    ``transforms/models/<dataset>/``, with every shared or other dataset's audit, macro and
+    external model): what a plan or run limited to the dataset needs. A plan limited to some
+    models keeps the other models of the environment as they are (SQLMesh takes them from its
+    state), so the models left out are not removed; parsing and optimizing them cost 0.5-1 s.
+    """
     connection = connection_config(database_url(settings))
     specs = bundled_specs()
     return Config(
@@ -84,7 +94,18 @@ def sqlmesh_config(settings: Settings) -> Config:
         # Not worth a scan of every installed distribution's files (~0.6 s per plan): the
         # environment's record of Python packages its macros import; nothing reads it.
         infer_python_dependencies=False,
+        ignore_patterns=[*c.IGNORE_PATTERNS, *other_datasets_models(dataset)],
     )
+
+
+def other_datasets_models(dataset: str | None) -> list[str]:
+    """Ignore patterns (relative to ``transforms/``) for the models of every dataset but
+    ``dataset``; none without one. Only models: a dataset's models may use another dataset's
+    audits and seeds."""
+    if dataset is None:
+        return []
+    folders = sorted(p.name for p in (TRANSFORMS_DIR / "models").iterdir() if p.is_dir())
+    return [f"models/{name}/**" for name in folders if name != dataset]
 
 
 def model_variables(specs: list[DatasetSpec]) -> dict[str, Any]:
@@ -120,13 +141,19 @@ def earliest_start(specs: list[DatasetSpec]) -> date:
 
 
 def sqlmesh_context(
-    settings: Settings, console: Console | None = None, *, load: bool = True
+    settings: Settings,
+    console: Console | None = None,
+    *,
+    load: bool = True,
+    dataset: str | None = None,
 ) -> Context:
     """A SQLMesh context over ``transforms/`` configured from ``settings``, reporting to
     ``console`` (silent by default). ``load=False`` skips loading the project's models (about
-    1.5-3 s): enough for what only reads SQLMesh's state (environments, snapshots)."""
+    1.5-3 s): enough for what only reads SQLMesh's state (environments, snapshots). Given a
+    ``dataset``, only its models are loaded (see :func:`sqlmesh_config`)."""
+    config = sqlmesh_config(settings, dataset)
     with using_console(console or NoopConsole()):
-        context = Context(paths=TRANSFORMS_DIR, config=sqlmesh_config(settings), load=load)
+        context = Context(paths=TRANSFORMS_DIR, config=config, load=load)
     return context
 
 

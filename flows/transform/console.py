@@ -4,6 +4,7 @@ failure into the most specific exception (a failed audit names the audit and the
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class RecordingConsole(NoopConsole):
-    """A silent SQLMesh console that records every evaluation and failure it is told about."""
+    """A silent SQLMesh console that records every evaluation and failure it is told about.
+
+    SQLMesh evaluates independent models in threads of its own (``concurrent_tasks``), so what
+    the console records and reports is done under a lock."""
 
     def __init__(self, progress: Progress | None = None) -> None:
         super().__init__()
@@ -28,6 +32,7 @@ class RecordingConsole(NoopConsole):
         self.failures: list[NodeExecutionFailedError] = []
         self._progress = progress
         self._intervals = self._evaluated = 0  # in the current evaluation, for progress steps
+        self._lock = threading.Lock()
 
     def start_evaluation_progress(  # type: ignore[override]
         self, batched_intervals: dict[Snapshot, Any], *args: Any, **kwargs: Any
@@ -55,25 +60,29 @@ class RecordingConsole(NoopConsole):
             return
         start, end = (datetime.fromtimestamp(ms / 1000, UTC) for ms in interval)
         model = display_name(snapshot.name)
-        self.evaluations.append(EvaluatedInterval(model, start, end, num_audits_passed))
         text = (
             f"{model}: evaluated [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) "
             f"in {duration_ms / 1000:.1f}s, {num_audits_passed} audit(s) passed"
         )
-        if self._intervals:
-            self._evaluated = min(self._evaluated + 1, self._intervals)
-            done, total = self._evaluated, self._intervals
-            text = Step(text, task="transform", done=done, total=total, unit="intervals")
-        self._say(text)
+        with self._lock:
+            self.evaluations.append(EvaluatedInterval(model, start, end, num_audits_passed))
+            if self._intervals:
+                self._evaluated = min(self._evaluated + 1, self._intervals)
+                done, total = self._evaluated, self._intervals
+                text = Step(text, task="transform", done=done, total=total, unit="intervals")
+            self._say(text)
 
     def log_failed_models(self, errors: list[NodeExecutionFailedError]) -> None:  # type: ignore[override]
-        self.failures.extend(errors)
+        with self._lock:
+            self.failures.extend(errors)
 
     def log_warning(self, short_message: str, long_message: str | None = None) -> None:
-        self._say(f"warning: {short_message}")
+        with self._lock:
+            self._say(f"warning: {short_message}")
 
     def log_error(self, message: str, *args: Any, **kwargs: Any) -> None:
-        self._say(f"error: {message}")
+        with self._lock:
+            self._say(f"error: {message}")
 
 
 def display_name(fqn: str) -> str:

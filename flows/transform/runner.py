@@ -27,6 +27,7 @@ name, the model and the failing row count; SQLMesh skips everything downstream o
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -71,9 +72,9 @@ def run_transform(
     environment = environment_name(settings)
     console = RecordingConsole(progress)
     result = TransformResult(environment=environment)
-    with transform_lock(settings), using_console(console):
+    with transform_lock(settings), using_console(console), fewer_collections():
         _require_raw_landing(settings, spec)
-        context = sqlmesh_context(settings, console)
+        context = sqlmesh_context(settings, console, dataset=spec.name)
         try:
             session = Session(
                 context, spec, dataset_models(context, spec.name), environment, console, result
@@ -107,6 +108,30 @@ def _require_raw_landing(settings: Settings, spec: DatasetSpec) -> None:
             f"nothing to transform yet: {', '.join(missing)} missing; "
             f"ingest dataset {spec.name!r} first"
         )
+
+
+# Python's cyclic garbage collector while SQLMesh works: a collection after every 50,000 new
+# container objects instead of 700, and an older generation after 50 of the younger one's
+# instead of 10 (see :func:`fewer_collections`).
+TRANSFORM_GC_THRESHOLD = (50_000, 50, 50)
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the collector less often, then restore its thresholds.
+
+    SQLMesh builds and copies large graphs of sqlglot expressions (each model's query, parsed,
+    optimized and rendered again for every evaluation and audit): with Python's default
+    thresholds the collector ran ~1,800 times in the bundled dataset's transform, nine of them
+    full collections over every object the process holds, 1.5-2.5 s of CPU. With
+    :data:`TRANSFORM_GC_THRESHOLD` it runs ~25 times (0.4 s) for ~3 MB more peak memory.
+    """
+    threshold = gc.get_threshold()
+    gc.set_threshold(*TRANSFORM_GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
 
 
 @contextmanager
