@@ -2,7 +2,7 @@
 
 Pass 1 passes the source's batches through :class:`SpillWriter`, which writes them to an Arrow
 IPC *file* (random access) and notes each batch's anchor range. A part then replays only the
-batches whose range meets its own anchor range, memory-mapped, so a part's reading and memory
+batches whose range meets its own anchor range, one at a time, so a part's reading and memory
 follow its own rows, not the whole source: sources ordered by example id or time (as gold
 usually is) put a period's rows in a few neighbouring batches.
 """
@@ -37,18 +37,20 @@ class Spill:
         """The spilled batches' schema (None when no batch was spilled)."""
         if not self.path.exists():
             return None
-        with pa.memory_map(str(self.path)) as source:
+        with pa.OSFile(str(self.path)) as source:
             return pa.ipc.open_file(source).schema
 
     def batches(
         self, start: datetime | None = None, end: datetime | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """The spilled batches (memory-mapped); with ``[start, end)`` only their rows whose
+        """The spilled batches (read one at a time); with ``[start, end)`` only their rows whose
         anchor lies inside it, from the batches that can hold such rows."""
         if not self.path.exists():
             return
         bounds = None if start is None or end is None else (_micros(start), _micros(end))
-        with pa.memory_map(str(self.path)) as source:
+        # Read, not memory-mapped: mapped pages a whole pass touched would stay resident (and
+        # count in the process's memory) until the end of the pass.
+        with pa.OSFile(str(self.path)) as source:
             reader = pa.ipc.open_file(source)
             for index, anchors in enumerate(self.ranges):
                 if bounds is not None and not _meets(anchors, bounds):
