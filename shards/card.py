@@ -851,7 +851,7 @@ def _features(fig: Figure, summary: CardSummary, page: list[Any]) -> None:
             _numeric_axes(ax, feature, summary)
         else:
             _categorical_axes(ax, feature, summary)
-        ax.set_title(feature.feature, fontsize=9)
+        ax.set_title(feature.feature, fontsize=9, y=1.0)  # a fixed place: no layout pass
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(TICKS))  # each tick costs a text layout
         if isinstance(feature, NumericSummary):
