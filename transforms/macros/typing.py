@@ -23,6 +23,7 @@ column, whether the present value is valid) in a subquery that PostgreSQL must n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlglot import exp
@@ -119,25 +120,15 @@ def typed_checked_columns(
     whose flag is false. Usage: ``SELECT @typed_checked_columns(@raw_flights_contract),
     @provenance_columns() FROM checked``."""
     declared = _contract(evaluator, contract)
-    null_markers = list(declared.get("null_markers") or [])
-    projections: list[exp.Expression] = []
-    failures: list[exp.Expression] = []
-    for name, type_name in declared["columns"].items():
-        column = exp.column(name)
-        if _is_text(type_name):
-            typed: exp.Expression = exp.Case(
-                ifs=[exp.If(this=_present(column, null_markers), true=column.copy())]
-            )
-        else:
-            valid = exp.column(_valid_flag(name))
-            data_type = exp.DataType.build(type_name, dialect="postgres")
-            typed = exp.Case(
-                ifs=[exp.If(this=valid, true=exp.Cast(this=column.copy(), to=data_type))]
-            )
-            failures.append(_failure_piece(name, exp.Not(this=valid.copy())))
-        projections.append(exp.alias_(typed, name))
-    projections.append(_failure_list(failures))
-    return projections
+
+    def flag(column: exp.Column, type_name: str) -> exp.Expression:
+        return exp.column(_valid_flag(column.name))
+
+    return _typed_projections(
+        declared,
+        cast_when=flag,
+        failed_when=lambda column, type_name: exp.Not(this=flag(column, type_name)),
+    )
 
 
 @macro()
@@ -151,25 +142,45 @@ def typed_columns(evaluator: MacroEvaluator, contract: exp.Expression) -> list[e
     """
     declared = _contract(evaluator, contract)
     null_markers = list(declared.get("null_markers") or [])
+
+    def valid(column: exp.Column, type_name: str) -> exp.Expression:
+        return exp.and_(_present(column, null_markers), _valid(column, type_name))
+
+    def invalid(column: exp.Column, type_name: str) -> exp.Expression:
+        return exp.and_(_present(column, null_markers), exp.Not(this=_valid(column, type_name)))
+
+    return _typed_projections(declared, cast_when=valid, failed_when=invalid)
+
+
+def _typed_projections(
+    declared: dict[str, Any],
+    *,
+    cast_when: Callable[[exp.Column, str], exp.Expression],
+    failed_when: Callable[[exp.Column, str], exp.Expression],
+) -> list[exp.Expression]:
+    """Each declared column typed, then ``_cast_failures``: a text column is NULL when
+    missing; a typed column is its cast when ``cast_when`` holds, NULL otherwise, and is named
+    in ``_cast_failures`` when ``failed_when`` holds."""
+    null_markers = list(declared.get("null_markers") or [])
     projections: list[exp.Expression] = []
     failures: list[exp.Expression] = []
     for name, type_name in declared["columns"].items():
         column = exp.column(name)
-        present = _present(column, null_markers)
         if _is_text(type_name):
-            typed: exp.Expression = exp.Case(ifs=[exp.If(this=present, true=column.copy())])
+            typed: exp.Expression = exp.Case(
+                ifs=[exp.If(this=_present(column, null_markers), true=column.copy())]
+            )
         else:
             data_type = exp.DataType.build(type_name, dialect="postgres")
             typed = exp.Case(
                 ifs=[
                     exp.If(
-                        this=exp.and_(present, _valid(column, type_name)),
+                        this=cast_when(column, type_name),
                         true=exp.Cast(this=column.copy(), to=data_type),
                     )
                 ]
             )
-            invalid = exp.and_(present.copy(), exp.Not(this=_valid(column, type_name)))
-            failures.append(_failure_piece(name, invalid))
+            failures.append(_failure_piece(name, failed_when(column, type_name)))
         projections.append(exp.alias_(typed, name))
     projections.append(_failure_list(failures))
     return projections
