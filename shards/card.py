@@ -173,6 +173,7 @@ class CardInputs:
             grids,
         )
 
+    @functools.cached_property
     def digest(self) -> str:
         payload = json.dumps(
             {"format": PARTIALS_FORMAT, **asdict(self)}, sort_keys=True, separators=(",", ":")
@@ -182,7 +183,7 @@ class CardInputs:
     def group_key(self, group: Group) -> str:
         """The key of a group's partial summary: its rows (as the plan fingerprinted them) and
         these inputs."""
-        rows = f"{group.split}/{group.period}/{group.rows}/{group.fingerprint}/{self.digest()}"
+        rows = f"{group.split}/{group.period}/{group.rows}/{group.fingerprint}/{self.digest}"
         return hashlib.sha256(rows.encode()).hexdigest()[:32]
 
 
@@ -439,9 +440,9 @@ class _GroupPass:
 
 
 def group_partials(
-    spec: PublishSpec, plan: Plan, inputs: CardInputs, batches: Batches, groups: list[Group]
+    spec: PublishSpec, inputs: CardInputs, batches: Batches, groups: list[Group]
 ) -> Partials:
-    """The partial summaries of ``groups`` (of ``plan``), from the rows ``batches(start,
+    """The partial summaries of ``groups``, from the rows ``batches(start,
     end)`` yields for the groups' anchor range (rows of other groups are skipped)."""
     if not groups:
         return Partials.empty()
@@ -474,7 +475,7 @@ def version_partials(
     known = earlier.of_groups(keys) if earlier is not None else Partials.empty()
     held = known.groups()
     todo = [g for g, key in zip(plan.groups, keys, strict=True) if key not in held]
-    return known.plus(group_partials(spec, plan, inputs, batches, todo))
+    return known.plus(group_partials(spec, inputs, batches, todo))
 
 
 # --- the summary of a version ----------------------------------------------------------------
@@ -486,6 +487,7 @@ def summarize(spec: PublishSpec, inputs: CardInputs, partials: Partials) -> Card
     counts, rates, months, per_month = _label_summary(names, partials.totals("monthly"))
     numeric = partials.totals("numeric")
     histograms = partials.totals("histograms")
+    categorical = partials.totals("categorical")
     return CardSummary(
         splits=names,
         counts=counts,
@@ -497,7 +499,7 @@ def summarize(spec: PublishSpec, inputs: CardInputs, partials: Partials) -> Card
             for name in spec.numeric_features
         ],
         categorical=[
-            _categorical_summary(name, names, counts, partials.totals("categorical"))
+            _categorical_summary(name, names, counts, categorical)
             for name in spec.categorical_features
         ],
     )

@@ -88,15 +88,13 @@ class StoredState:
 
     @classmethod
     def read(cls, storage: Storage, name: str) -> StoredState:
+        groups = stored_groups(storage, name)
         manifest = latest_manifest(storage, name)
         if manifest is None:
-            return cls(stored_groups(storage, name), {})
+            return cls(groups, {})
         partials = card_partials_key(name, manifest)
-        return cls(
-            stored_groups(storage, name),
-            manifest_records(manifest),
-            storage.get_bytes(partials) if partials is not None else None,
-        )
+        card = storage.get_bytes(partials) if partials is not None else None
+        return cls(groups, manifest_records(manifest), card)
 
 
 def _timed(timings: dict[str, float], name: str, work: Callable[[], T]) -> T:

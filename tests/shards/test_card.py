@@ -247,7 +247,7 @@ def test_merged_group_partials_give_the_same_summary_as_summarizing_all_rows_at_
 ):
     plan, inputs, spill, whole = _summary(SPEC, gold, tmp_path)
     halves = [plan.groups[::2], plan.groups[1::2]]
-    pieces = [group_partials(SPEC, plan, inputs, spill.batches, half) for half in halves]
+    pieces = [group_partials(SPEC, inputs, spill.batches, half) for half in halves]
     merged = pieces[0].plus(pieces[1])
     assert summarize(SPEC, inputs, merged) == summarize(SPEC, inputs, whole)
     assert Partials.from_json(whole.to_json()).to_json() == whole.to_json()
