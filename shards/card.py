@@ -70,6 +70,9 @@ COLUMNS = 3
 TICKS = 4  # at most this many ticks on a feature distribution's axes
 COMPACT_EVERY = 32  # partial aggregates merged every this many batches
 DPI = 80
+TICK_POINTS = 10  # matplotlib's default tick label size
+TICK_INCHES = 0.25  # a tick, its padding and the figure's edge
+AXIS_INCHES = 0.6  # tick labels and an axis label below or beside an axes
 LABEL_CHARS = 14  # a category's tick label is cut to this many characters
 
 # matplotlib's style (rcParams) is process-wide: one card is drawn at a time.
@@ -765,8 +768,29 @@ def _colour(index: int) -> str:
     return f"C{index % 10}"
 
 
+def _inches(texts: Iterable[str], points: float) -> float:
+    """The widest of ``texts`` at ``points`` in the default font, in inches (measured with
+    the font's metrics, not by drawing)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=points)
+    widths = (text_to_path.get_text_width_height_descent(t, prop, ismath=False)[0] for t in texts)
+    return max(widths, default=0.0) / 72
+
+
+def _margins(fig: Figure, *, left: float, bottom: float, top: float = 0.4, right: float = 0.2):
+    """Place a figure's one axes by margins in inches, where a layout engine would measure
+    every artist to find them."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
+    )
+
+
 def _split_sizes(fig: Figure, summary: CardSummary) -> None:
     ax = fig.subplots()
+    _margins(fig, left=_inches(summary.splits, TICK_POINTS) + TICK_INCHES, bottom=AXIS_INCHES)
     names = summary.splits
     counts = [summary.counts[name] for name in names]
     total = sum(counts)
@@ -780,6 +804,11 @@ def _split_sizes(fig: Figure, summary: CardSummary) -> None:
 
 def _label_rate(fig: Figure, summary: CardSummary) -> None:
     ax = fig.subplots()
+    _margins(
+        fig,
+        left=_inches(["0.0000"], TICK_POINTS) + AXIS_INCHES,
+        bottom=_inches(summary.months, TICK_POINTS) + TICK_INCHES,
+    )
     positions = np.arange(len(summary.months))
     for index, name in enumerate(summary.splits):
         found = summary.monthly[name]
@@ -798,6 +827,7 @@ def _missing(fig: Figure, summary: CardSummary) -> None:
     ax = fig.subplots()
     missing = summary.missing()
     features = list(missing)
+    _margins(fig, left=_inches(features, TICK_POINTS) + TICK_INCHES, bottom=AXIS_INCHES)
     positions = np.arange(len(features))
     height = 0.8 / max(1, len(summary.splits))
     for index, name in enumerate(summary.splits):
@@ -889,24 +919,23 @@ def card_figures(summary: CardSummary) -> dict[str, bytes]:
     from matplotlib.figure import Figure
 
     missing_height = 1.5 + 0.12 * len(summary.splits) * len(summary.missing())
-    layout: list[tuple[str, tuple[float, float], str | None, Callable[[Figure], None]]] = [
+    layout: list[tuple[str, tuple[float, float], Callable[[Figure], None]]] = [
         (
             "split_sizes.png",
-            (7, 1 + 0.5 * len(summary.splits)),
-            "constrained",
+            (7, 1.2 + 0.5 * len(summary.splits)),
             lambda f: _split_sizes(f, summary),
         ),
-        ("label_rate.png", (8, 4), "constrained", lambda f: _label_rate(f, summary)),
-        ("missing.png", (7, missing_height), "constrained", lambda f: _missing(f, summary)),
+        ("label_rate.png", (8, 4), lambda f: _label_rate(f, summary)),
+        ("missing.png", (7, missing_height), lambda f: _missing(f, summary)),
     ]
     for number, page in enumerate(_feature_pages(summary), start=1):
         size = (11, 1.4 + 2.6 * math.ceil(len(page) / COLUMNS))
         draw = functools.partial(_features, summary=summary, page=page)
-        layout.append((f"features-{number}.png", size, None, draw))
+        layout.append((f"features-{number}.png", size, draw))
     figures = {}
     with _DRAWING, matplotlib.style.context("default"):
-        for name, size, engine, draw in layout:
-            fig = Figure(figsize=size, layout=engine)
+        for name, size, draw in layout:
+            fig = Figure(figsize=size)
             draw(fig)
             figures[name] = _png(fig)
     return figures
