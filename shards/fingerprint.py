@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def _canonical(column: pa.Array) -> tuple[bytes, bytes | None]:
-    """``(values, lengths)`` bytes of a column in a type-stable form (NULLs zeroed)."""
+def _canonical(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(values, lengths)`` of a column as contiguous arrays of its type-stable byte form
+    (NULLs zeroed), without copying what is already in that form."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
@@ -25,17 +26,18 @@ def _canonical(column: pa.Array) -> tuple[bytes, bytes | None]:
         column = pc.cast(column, pa.int8())
         kind = column.type
     if pa.types.is_integer(kind):
-        return pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy().tobytes(), None
+        return pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy(), None
     if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         values = pc.fill_null(pc.cast(column, pa.float64()), math.nan)
-        return values.to_numpy(zero_copy_only=False).tobytes(), None
+        return values.to_numpy(zero_copy_only=False), None
     text = pc.fill_null(pc.cast(column, pa.large_string()), "")
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
         text.offset : text.offset + len(text) + 1
     ]
     data = text.buffers()[2]
-    body = b"" if data is None else data.to_pybytes()[offsets[0] : offsets[-1]]
-    return body, np.diff(offsets).tobytes()
+    # A slice's data buffer may hold its whole table's strings: view only the slice's bytes.
+    body = np.frombuffer(data if data is not None else b"", dtype=np.uint8)
+    return body[offsets[0] : offsets[-1]], np.diff(offsets)
 
 
 class CanonicalColumns:
@@ -48,13 +50,12 @@ class CanonicalColumns:
         for name in columns:
             column = batch.column(name)
             valid = pc.is_valid(column).to_numpy(zero_copy_only=False).astype(np.uint8)
-            body, sizes = _canonical(column)
-            if sizes is None:  # fixed width: 8 bytes per row
-                self.columns[name] = (valid, np.frombuffer(body, dtype=np.uint8), None)
+            body, lengths = _canonical(column)
+            if lengths is None:  # fixed width: 8 bytes per row
+                self.columns[name] = (valid, body.view(np.uint8), None)
             else:
-                lengths = np.frombuffer(sizes, dtype=np.int64)
                 offsets = np.concatenate([[0], np.cumsum(lengths)])
-                self.columns[name] = (valid, np.frombuffer(body, dtype=np.uint8), offsets)
+                self.columns[name] = (valid, body, offsets)
 
 
 class ContentFingerprint:
