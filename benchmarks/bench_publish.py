@@ -97,7 +97,9 @@ def run_layout(server: MotoProcess, endpoint: str, layout: str, args: argparse.N
         f"{k} {day_cost[k] / full_cost[k]:.3f}" for k in ("seconds", "puts", "bytes")
     )
     print(f"+1 day / full [target <= 0.10 each]: {ratios}")
-    print(f"  timings of +1 day: {', '.join(f'{k} {v:.2f}s' for k, v in day.timings.items())}")
+    for label, _, result in rows:
+        steps = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+        print(f"  timings of {label}: {steps}")
 
 
 def main() -> None:
