@@ -63,7 +63,7 @@ BIN = "bin#"
 HISTOGRAM_BINS = 20  # bins over the train range of a numeric feature (integers: one per value,
 INTEGER_BINS = 40  # up to 40)
 EXTRA_BINS = 20  # bins beyond each end of the train range (the rest is counted in the last)
-PARTIALS_FORMAT = 1
+PARTIALS_FORMAT = 2  # 2: numeric totals added up in row order (numpy)
 TOP_VALUES = 8  # categories drawn and listed per categorical feature
 FEATURES_PER_FIGURE = 12  # feature distributions per PNG (3 columns)
 COLUMNS = 3
@@ -370,16 +370,83 @@ def _long(frame: pl.DataFrame, features: list[str]) -> pl.DataFrame:
     )
 
 
-def _grid_frame(grids: dict[str, Grid]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            FEATURE: list(grids),
-            "first": [g.first for g in grids.values()],
-            "width": [g.width for g in grids.values()],
-            "last": [g.bins - 1 + EXTRA_BINS for g in grids.values()],
-        },
-        schema={FEATURE: pl.String, "first": pl.Float64, "width": pl.Float64, "last": pl.Int64},
-    )
+@dataclass(frozen=True)
+class _Cells:
+    """A frame's rows by cell, for numpy's grouped counts and sums: ``np.bincount`` adds in
+    row order, so the same rows give the same floats to the last bit (a polars ``group_by``
+    may add a group's floats in a different order on each run)."""
+
+    cells: np.ndarray  # the distinct cells, ascending
+    splits: np.ndarray  # each cell's split index
+    index: np.ndarray  # each row's position in ``cells``
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _Cells:
+        cells, first, index = np.unique(
+            frame[CELL].to_numpy(), return_index=True, return_inverse=True
+        )
+        return cls(cells, frame[SPLIT].to_numpy()[first], index)
+
+    def count(self, rows: np.ndarray, keys: np.ndarray | None = None, width: int = 1) -> np.ndarray:
+        """How many of ``rows`` (a mask) each cell has, per key ``0 .. width - 1``."""
+        at = self.index[rows] * width + (0 if keys is None else keys)
+        return np.bincount(at, minlength=len(self.cells) * width).reshape(len(self.cells), width)
+
+    def table(self, feature: str, cell: np.ndarray, **columns: Any) -> pl.DataFrame:
+        """Rows of cells (positions ``cell``) with their split, ``feature`` and ``columns``."""
+        return pl.DataFrame(
+            {
+                CELL: self.cells[cell],
+                SPLIT: pl.Series(self.splits[cell], dtype=pl.Int8),
+                FEATURE: pl.Series([feature] * len(cell), dtype=pl.String),
+                **columns,
+            }
+        )
+
+
+def _moments(by: _Cells, numbers: dict[str, np.ndarray]) -> pl.DataFrame:
+    """``(cell, split, feature, present, missing, total, low, high)`` of numeric features
+    (``numbers``: their values by name, NaN where missing)."""
+    found = []
+    everyone = np.arange(len(by.cells))
+    ordered = np.argsort(by.index, kind="stable")  # rows cell by cell, for the minima and maxima
+    starts = np.searchsorted(by.index[ordered], everyone)
+    for name, values in numbers.items():
+        present = ~np.isnan(values)
+        found.append(
+            by.table(
+                name,
+                everyone,
+                present=by.count(present)[:, 0].astype(np.int64),
+                missing=by.count(~present)[:, 0].astype(np.int64),
+                total=np.bincount(by.index, np.where(present, values, 0.0), len(by.cells)),
+                low=pl.Series(np.fmin.reduceat(values[ordered], starts), nan_to_null=True),
+                high=pl.Series(np.fmax.reduceat(values[ordered], starts), nan_to_null=True),
+            )
+        )
+    return pl.concat(found)
+
+
+def _histograms(by: _Cells, numbers: dict[str, np.ndarray], grids: dict[str, Grid]) -> pl.DataFrame:
+    """``(cell, split, feature, bin, n)``: how many of each cell's present values of each
+    numeric feature fall in each bin of its grid (values beyond the extra bins count in the
+    outermost ones)."""
+    found = []
+    for name, grid in grids.items():
+        values = numbers[name]
+        present = ~np.isnan(values)
+        position = np.floor((values[present] - grid.first) / grid.width)
+        offset = np.clip(position + EXTRA_BINS, 0, grid.bins - 1 + 2 * EXTRA_BINS)
+        counts = by.count(present, offset.astype(np.int64), grid.bins + 2 * EXTRA_BINS)
+        cell, column = np.nonzero(counts)
+        found.append(
+            by.table(
+                name,
+                cell,
+                **{BIN: (column - EXTRA_BINS).astype(np.int32), "n": counts[cell, column]},
+            )
+        )
+    return pl.concat(found)
 
 
 class _GroupPass:
@@ -388,7 +455,6 @@ class _GroupPass:
 
     def __init__(self, inputs: CardInputs):
         self.inputs = inputs
-        self.grids = _grid_frame(inputs.grids)
         self.tables = {kind: _Accumulator([CELL, *KEYS[kind]], MERGE[kind]) for kind in SCHEMAS}
 
     def add(self, frame: pl.DataFrame) -> None:
@@ -399,25 +465,12 @@ class _GroupPass:
                 label_sum=pl.col(LABEL).sum(),
             )
         )
-        if self.inputs.numeric:
-            values = _long(frame, self.inputs.numeric)
-            self.tables["numeric"].add(
-                values.group_by(CELL, SPLIT, FEATURE).agg(
-                    present=pl.col(VALUE).count().cast(pl.Int64),
-                    missing=pl.col(VALUE).null_count().cast(pl.Int64),
-                    total=pl.col(VALUE).sum(),
-                    low=pl.col(VALUE).min(),
-                    high=pl.col(VALUE).max(),
-                )
-            )
-            position = ((pl.col(VALUE) - pl.col("first")) / pl.col("width")).floor()
-            self.tables["histograms"].add(
-                values.drop_nulls(VALUE)
-                .join(self.grids, on=FEATURE)
-                .with_columns(position.clip(-EXTRA_BINS, pl.col("last")).cast(pl.Int32).alias(BIN))
-                .group_by(CELL, SPLIT, FEATURE, BIN)
-                .agg(n=_count())
-            )
+        by = _Cells.of(frame)
+        numbers = {name: frame[name].to_numpy() for name in self.inputs.numeric}  # NaN: missing
+        if numbers:
+            self.tables["numeric"].add(_moments(by, numbers))
+        if self.inputs.grids:
+            self.tables["histograms"].add(_histograms(by, numbers, self.inputs.grids))
         if self.inputs.categorical:
             self.tables["categorical"].add(
                 _long(frame, self.inputs.categorical)
