@@ -63,7 +63,7 @@ BIN = "bin#"
 HISTOGRAM_BINS = 20  # bins over the train range of a numeric feature (integers: one per value,
 INTEGER_BINS = 40  # up to 40)
 EXTRA_BINS = 20  # bins beyond each end of the train range (the rest is counted in the last)
-PARTIALS_FORMAT = 2  # 2: numeric totals added up in row order (numpy)
+PARTIALS_FORMAT = 2  # 2: float sums added up in row order (numpy), merged by math.fsum
 TOP_VALUES = 8  # categories drawn and listed per categorical feature
 FEATURES_PER_FIGURE = 12  # feature distributions per PNG (3 columns)
 COLUMNS = 3
@@ -256,16 +256,26 @@ def _sums(*names: str) -> list[pl.Expr]:
     return [pl.col(name).sum() for name in names]
 
 
+# How partials merge: counts add up, minima and maxima combine; the float sums (FLOAT_SUMS) are
+# gathered and added up by :func:`_merged`.
 MERGE = {
-    "monthly": _sums("rows", "labelled", "label_sum"),
-    "numeric": [
-        *_sums("present", "missing", "total"),
-        pl.col("low").min(),
-        pl.col("high").max(),
-    ],
+    "monthly": _sums("rows", "labelled"),
+    "numeric": [*_sums("present", "missing"), pl.col("low").min(), pl.col("high").max()],
     "histograms": _sums("n"),
     "categorical": _sums("n"),
 }
+FLOAT_SUMS = {"monthly": ["label_sum"], "numeric": ["total"], "histograms": [], "categorical": []}
+
+
+def _merged(table: pl.DataFrame, keys: list[str], kind: str) -> pl.DataFrame:
+    """One kind's partials merged per ``keys``. Float sums are added up exactly rounded
+    (``math.fsum``): a polars ``group_by`` may add a group's floats in a different order on each
+    run, and the same rows must give the same bytes."""
+    floats = FLOAT_SUMS[kind]
+    merged = table.group_by(keys).agg(*MERGE[kind], *floats)
+    totals = {n: [math.fsum(x for x in v if x is not None) for v in merged[n]] for n in floats}
+    sums = [pl.Series(name, values, pl.Float64) for name, values in totals.items()]
+    return merged.with_columns(sums).select(table.columns)
 
 
 @dataclass(frozen=True)
@@ -308,16 +318,16 @@ class Partials:
     def totals(self, kind: str) -> pl.DataFrame:
         """One kind's table merged over all groups, per split (and feature, value, ...)."""
         keys = KEYS[kind]
-        ordered = self.tables[kind].sort(GROUP, *keys)  # floats add up in one order
-        return ordered.group_by(keys, maintain_order=True).agg(MERGE[kind]).sort(keys)
+        table = self.tables[kind]
+        return _merged(table.drop(GROUP), keys, kind).sort(keys)
 
 
 @dataclass
 class _Accumulator:
-    """Partial aggregates of many batches, merged with ``merge`` (compacted as they come)."""
+    """Partial aggregates of one kind from many batches, merged (compacted as they come)."""
 
     keys: list[str]
-    merge: list[pl.Expr]
+    kind: str
     parts: list[pl.DataFrame] = field(default_factory=list)
 
     def add(self, frame: pl.DataFrame) -> None:
@@ -328,7 +338,7 @@ class _Accumulator:
     def total(self) -> pl.DataFrame:
         if len(self.parts) == 1:
             return self.parts[0]
-        return pl.concat(self.parts).group_by(self.keys).agg(self.merge)
+        return _merged(pl.concat(self.parts), self.keys, self.kind)
 
 
 def _count() -> pl.Expr:
@@ -455,7 +465,7 @@ class _GroupPass:
 
     def __init__(self, inputs: CardInputs):
         self.inputs = inputs
-        self.tables = {kind: _Accumulator([CELL, *KEYS[kind]], MERGE[kind]) for kind in SCHEMAS}
+        self.tables = {kind: _Accumulator([CELL, *KEYS[kind]], kind) for kind in SCHEMAS}
 
     def add(self, frame: pl.DataFrame) -> None:
         self.tables["monthly"].add(

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -16,6 +18,7 @@ from flows.publish.publishing import card_uri
 from shards.card import (
     CardInputs,
     Partials,
+    _merged,
     group_partials,
     summarize,
     version_partials,
@@ -251,6 +254,32 @@ def test_merged_group_partials_give_the_same_summary_as_summarizing_all_rows_at_
     merged = pieces[0].plus(pieces[1])
     assert summarize(SPEC, inputs, merged) == summarize(SPEC, inputs, whole)
     assert Partials.from_json(whole.to_json()).to_json() == whole.to_json()
+
+
+def test_float_sums_of_partials_merge_to_the_same_bits_in_any_order():
+    """A cell's partial totals from many batches, of very different sizes, merged in shuffled
+    orders: always the exactly rounded sum (a plain float sum depends on the order)."""
+    rng = np.random.default_rng(1)
+    totals = rng.normal(0, 1, 200) * 10.0 ** rng.integers(-8, 9, 200)
+    merged = set()
+    for _ in range(30):
+        rng.shuffle(totals)
+        partials = pl.DataFrame(
+            {
+                "cell#": 7,
+                "split#": pl.Series([0] * len(totals), dtype=pl.Int8),
+                "feature#": "x",
+                "present": 1,
+                "missing": 0,
+                "total": totals,
+                "low": totals,
+                "high": totals,
+            }
+        )
+        [row] = _merged(partials, ["cell#", "split#", "feature#"], "numeric").to_dicts()
+        assert (row["present"], row["low"], row["high"]) == (200, totals.min(), totals.max())
+        merged.add(row["total"])
+    assert merged == {math.fsum(totals)}
 
 
 def test_a_new_version_reads_and_summarizes_only_the_rows_of_groups_no_earlier_version_had(
