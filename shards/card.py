@@ -402,16 +402,43 @@ class _Cells:
         at = self.index[rows] * width + (0 if keys is None else keys)
         return np.bincount(at, minlength=len(self.cells) * width).reshape(len(self.cells), width)
 
-    def table(self, feature: str, cell: np.ndarray, **columns: Any) -> pl.DataFrame:
+    def table(self, cell: np.ndarray, feature: str | None = None, **columns: Any) -> pl.DataFrame:
         """Rows of cells (positions ``cell``) with their split, ``feature`` and ``columns``."""
+        named = (
+            {} if feature is None else {FEATURE: pl.Series([feature] * len(cell), dtype=pl.String)}
+        )
         return pl.DataFrame(
             {
                 CELL: self.cells[cell],
                 SPLIT: pl.Series(self.splits[cell], dtype=pl.Int8),
-                FEATURE: pl.Series([feature] * len(cell), dtype=pl.String),
+                **named,
                 **columns,
             }
         )
+
+
+def _monthly(by: _Cells, months: pl.Series, labels: np.ndarray) -> pl.DataFrame:
+    """``(cell, split, month, rows, labelled, label_sum)`` of the rows' anchor ``months`` and
+    ``labels`` (NaN where missing)."""
+    known = months.fill_null("")
+    names = known.unique().sort().to_numpy()
+    month = known.rank("dense").cast(pl.Int64).to_numpy() - 1  # position in names
+    width = len(names)
+    labelled = ~np.isnan(labels)
+    rows = by.count(np.ones(len(labels), dtype=bool), month, width)
+    cell, column = np.nonzero(rows)
+    sums = np.bincount(
+        by.index * width + month, np.where(labelled, labels, 0.0), len(by.cells) * width
+    )
+    return by.table(
+        cell,
+        **{
+            MONTH: pl.Series(names[column], dtype=pl.String).replace("", None),
+            "rows": rows[cell, column],
+            "labelled": by.count(labelled, month[labelled], width)[cell, column],
+            "label_sum": sums.reshape(len(by.cells), width)[cell, column],
+        },
+    )
 
 
 def _moments(by: _Cells, numbers: dict[str, np.ndarray]) -> pl.DataFrame:
@@ -425,8 +452,8 @@ def _moments(by: _Cells, numbers: dict[str, np.ndarray]) -> pl.DataFrame:
         present = ~np.isnan(values)
         found.append(
             by.table(
-                name,
                 everyone,
+                name,
                 present=by.count(present)[:, 0].astype(np.int64),
                 missing=by.count(~present)[:, 0].astype(np.int64),
                 total=np.bincount(by.index, np.where(present, values, 0.0), len(by.cells)),
@@ -451,8 +478,8 @@ def _histograms(by: _Cells, numbers: dict[str, np.ndarray], grids: dict[str, Gri
         cell, column = np.nonzero(counts)
         found.append(
             by.table(
-                name,
                 cell,
+                name,
                 **{BIN: (column - EXTRA_BINS).astype(np.int32), "n": counts[cell, column]},
             )
         )
@@ -468,14 +495,8 @@ class _GroupPass:
         self.tables = {kind: _Accumulator([CELL, *KEYS[kind]], kind) for kind in SCHEMAS}
 
     def add(self, frame: pl.DataFrame) -> None:
-        self.tables["monthly"].add(
-            frame.group_by(CELL, SPLIT, MONTH).agg(
-                rows=_count(),
-                labelled=pl.col(LABEL).count().cast(pl.Int64),
-                label_sum=pl.col(LABEL).sum(),
-            )
-        )
         by = _Cells.of(frame)
+        self.tables["monthly"].add(_monthly(by, frame[MONTH], frame[LABEL].to_numpy()))
         numbers = {name: frame[name].to_numpy() for name in self.inputs.numeric}  # NaN: missing
         if numbers:
             self.tables["numeric"].add(_moments(by, numbers))
