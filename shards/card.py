@@ -423,20 +423,22 @@ def _monthly(by: _Cells, months: pl.Series, labels: np.ndarray) -> pl.DataFrame:
     known = months.fill_null("")
     names = known.unique().sort().to_numpy()
     month = known.rank("dense").cast(pl.Int64).to_numpy() - 1  # position in names
-    width = len(names)
+    shape = (len(by.cells), len(names))
+    at = by.index * shape[1] + month  # each row's (cell, month) slot
     labelled = ~np.isnan(labels)
-    rows = by.count(np.ones(len(labels), dtype=bool), month, width)
+
+    def per_slot(slots: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(slots, weights, minlength=shape[0] * shape[1]).reshape(shape)
+
+    rows = per_slot(at)
     cell, column = np.nonzero(rows)
-    sums = np.bincount(
-        by.index * width + month, np.where(labelled, labels, 0.0), len(by.cells) * width
-    )
     return by.table(
         cell,
         **{
             MONTH: pl.Series(names[column], dtype=pl.String).replace("", None),
             "rows": rows[cell, column],
-            "labelled": by.count(labelled, month[labelled], width)[cell, column],
-            "label_sum": sums.reshape(len(by.cells), width)[cell, column],
+            "labelled": per_slot(at[labelled])[cell, column],
+            "label_sum": per_slot(at, np.where(labelled, labels, 0.0))[cell, column],
         },
     )
 
@@ -454,8 +456,8 @@ def _moments(by: _Cells, numbers: dict[str, np.ndarray]) -> pl.DataFrame:
             by.table(
                 everyone,
                 name,
-                present=by.count(present)[:, 0].astype(np.int64),
-                missing=by.count(~present)[:, 0].astype(np.int64),
+                present=by.count(present)[:, 0],
+                missing=by.count(~present)[:, 0],
                 total=np.bincount(by.index, np.where(present, values, 0.0), len(by.cells)),
                 low=pl.Series(np.fmin.reduceat(values[ordered], starts), nan_to_null=True),
                 high=pl.Series(np.fmax.reduceat(values[ordered], starts), nan_to_null=True),
